@@ -1,0 +1,486 @@
+#!/usr/bin/env python3
+"""The lab: local "bare servers" as podman containers running systemd, reached over SSH.
+
+Usage: lab.py image | up [--apps N] | down | status | ssh-config
+
+Everything it makes is named and labelled, so `up` and `down` are idempotent and cope
+with stale podman records left behind by an earlier session (see shared/lab-recipe.md).
+Only the standard library is used: this runs before the project's venv exists.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+HERE = ROOT / "lab"
+STATE = Path(os.environ.get("LAB_STATE_DIR", ROOT / ".lab"))
+CONTAINERS_CONF = HERE / "containers.conf"
+
+ROOTFS_IMAGE = "localhost/fastapi-metal-rootfs:bookworm"
+# One variable names the host image: a user whose registry is reachable can point it at a
+# stock systemd image that has sshd and python3 (e.g. a "debian-systemd" image).
+HOST_IMAGE = os.environ.get("LAB_IMAGE", "localhost/fastapi-metal-host:bookworm")
+ACME_IMAGE = os.environ.get("LAB_ACME_IMAGE", "localhost/fastapi-metal-acme:bookworm")
+NETWORK = os.environ.get("LAB_NETWORK", "fastapi-metal-lab")
+SUBNET_PREFIX = os.environ.get("LAB_SUBNET_PREFIX", "10.89.50")
+SITE_NAME = os.environ.get("LAB_SITE_NAME", "app.lab.test")
+LABEL = "io.fastapi-metal.lab"
+MIRROR = os.environ.get("LAB_DEBIAN_MIRROR", "http://deb.debian.org/debian")
+DEBOOTSTRAP_INCLUDE = "systemd,systemd-sysv,dbus,python3,iproute2,procps,sudo,ca-certificates"
+MAX_APPS = 8
+
+
+@dataclass(frozen=True)
+class Host:
+    name: str
+    ip: str
+    image: str
+    aliases: tuple[str, ...] = ()
+
+
+def hosts(apps: int) -> list[Host]:
+    """The lab's hosts: fixed addresses so the inventory can be static."""
+    p = SUBNET_PREFIX
+    out = [
+        Host("acme", f"{p}.5", ACME_IMAGE, ("acme.lab.test",)),
+        Host("lb1", f"{p}.10", HOST_IMAGE, (SITE_NAME,)),
+        Host("db1", f"{p}.20", HOST_IMAGE),
+    ]
+    out += [Host(f"app{i}", f"{p}.{30 + i}", HOST_IMAGE) for i in range(1, apps + 1)]
+    return out
+
+
+def log(msg: str) -> None:
+    print(f"lab: {msg}", flush=True)
+
+
+def podman(
+    *args: str, check: bool = True, capture: bool = True
+) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "CONTAINERS_CONF": str(CONTAINERS_CONF)}
+    proc = subprocess.run(
+        ["podman", *args], env=env, text=True, capture_output=capture, check=False
+    )
+    if check and proc.returncode != 0:
+        err = (proc.stderr or "").strip()
+        raise SystemExit(f"lab: podman {' '.join(args)} failed ({proc.returncode}): {err}")
+    return proc
+
+
+def image_exists(ref: str) -> bool:
+    return podman("image", "exists", ref, check=False).returncode == 0
+
+
+def image_label(ref: str, key: str) -> str:
+    out = podman("image", "inspect", ref, "--format", "{{json .Labels}}", check=False)
+    if out.returncode != 0:
+        return ""
+    labels = json.loads(out.stdout or "null") or {}
+    return str(labels.get(key, ""))
+
+
+def _digest(*paths: Path, extra: str = "") -> str:
+    h = hashlib.sha256(extra.encode())
+    for path in paths:
+        h.update(path.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def build_rootfs() -> None:
+    if image_exists(ROOTFS_IMAGE):
+        return
+    target = STATE / "rootfs"
+    if target.exists():
+        shutil.rmtree(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    log(f"debootstrap bookworm into {target} (about a minute)")
+    t0 = time.monotonic()
+    subprocess.run(
+        [
+            "debootstrap",
+            "--variant=minbase",
+            f"--include={DEBOOTSTRAP_INCLUDE}",
+            "bookworm",
+            str(target),
+            MIRROR,
+        ],
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )
+    log(f"debootstrap took {time.monotonic() - t0:.0f} s; importing")
+    tar = subprocess.Popen(["tar", "-C", str(target), "-c", "."], stdout=subprocess.PIPE)
+    env = {**os.environ, "CONTAINERS_CONF": str(CONTAINERS_CONF)}
+    subprocess.run(
+        ["podman", "import", "-", ROOTFS_IMAGE],
+        stdin=tar.stdout,
+        env=env,
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )
+    tar.wait()
+    shutil.rmtree(target)
+
+
+def build_layer(ref: str, containerfile: Path, base: str, files: list[Path]) -> None:
+    """Build a thin layer; rebuilt only when its inputs (or its base) change."""
+    sources = Path("/etc/apt/sources.list.d/debian.sources")
+    digest = _digest(
+        containerfile,
+        *files,
+        *([sources] if sources.exists() else []),
+        extra=base + podman("image", "inspect", base, "--format", "{{.Id}}").stdout,
+    )
+    if image_exists(ref) and image_label(ref, "io.fastapi-metal.digest") == digest:
+        return
+    ctx = STATE / "build" / containerfile.name
+    if ctx.exists():
+        shutil.rmtree(ctx)
+    ctx.mkdir(parents=True)
+    for f in files:
+        shutil.copy(f, ctx / f.name)
+    if sources.exists():
+        shutil.copy(sources, ctx / "debian.sources")
+    else:  # a one-line sources.list style host: write the deb822 form the image expects
+        (ctx / "debian.sources").write_text(
+            f"Types: deb\nURIs: {MIRROR}\nSuites: bookworm bookworm-updates\n"
+            "Components: main\nSigned-By: /usr/share/keyrings/debian-archive-keyring.gpg\n"
+        )
+    log(f"building {ref}")
+    podman(
+        "build",
+        "-q",
+        "-f",
+        str(containerfile),
+        "--build-arg",
+        f"BASE_IMAGE={base}",
+        "--label",
+        f"io.fastapi-metal.digest={digest}",
+        "-t",
+        ref,
+        str(ctx),
+        capture=False,
+    )
+
+
+def cmd_image(_: argparse.Namespace) -> None:
+    t0 = time.monotonic()
+    if os.environ.get("LAB_IMAGE"):
+        log(f"using {HOST_IMAGE} as given by LAB_IMAGE")
+    else:
+        build_rootfs()
+        build_layer(HOST_IMAGE, HERE / "Containerfile", ROOTFS_IMAGE, [])
+    build_layer(ACME_IMAGE, HERE / "Containerfile.acme", HOST_IMAGE, [HERE / "pebble.service"])
+    log(f"images ready in {time.monotonic() - t0:.1f} s")
+
+
+def ensure_ssh_key() -> Path:
+    key = STATE / "ssh" / "id_ed25519"
+    if not key.exists():
+        key.parent.mkdir(parents=True, exist_ok=True)
+        key.parent.chmod(0o700)
+        subprocess.run(
+            [
+                "ssh-keygen",
+                "-q",
+                "-t",
+                "ed25519",
+                "-N",
+                "",
+                "-C",
+                "fastapi-metal-lab",
+                "-f",
+                str(key),
+            ],
+            check=True,
+        )
+    auth = STATE / "ssh" / "authorized_keys"
+    auth.write_text(Path(f"{key}.pub").read_text())
+    auth.chmod(0o600)
+    return key
+
+
+def ensure_pebble_pki() -> Path:
+    """A CA and a listener certificate for pebble's ACME endpoint (Debian ships none)."""
+    pki = STATE / "pebble"
+    if (pki / "cert.pem").exists():
+        return pki
+    pki.mkdir(parents=True, exist_ok=True)
+
+    def ossl(*args: str) -> None:
+        subprocess.run(["openssl", *args], check=True, cwd=pki, capture_output=True)
+
+    ossl(
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-days",
+        "3650",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+        "-subj",
+        "/CN=fastapi-metal lab pebble listener CA",
+    )
+    ossl(
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "key.pem",
+        "-out",
+        "cert.csr",
+        "-subj",
+        "/CN=acme",
+    )
+    (pki / "san.ext").write_text(
+        f"subjectAltName=DNS:acme,DNS:acme.lab.test,DNS:acme.dns.podman,DNS:localhost,"
+        f"IP:{SUBNET_PREFIX}.5,IP:127.0.0.1\n"
+    )
+    ossl(
+        "x509",
+        "-req",
+        "-in",
+        "cert.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-days",
+        "3650",
+        "-extfile",
+        "san.ext",
+        "-out",
+        "cert.pem",
+    )
+    (pki / "pebble-config.json").write_text(
+        json.dumps(
+            {
+                "pebble": {
+                    "listenAddress": "0.0.0.0:14000",
+                    "managementListenAddress": "0.0.0.0:15000",
+                    "certificate": "/etc/pebble/cert.pem",
+                    "privateKey": "/etc/pebble/key.pem",
+                    "httpPort": 80,
+                    "tlsPort": 443,
+                    "ocspResponderURL": "",
+                    "externalAccountBindingRequired": False,
+                }
+            },
+            indent=2,
+        )
+    )
+    for f in ("key.pem", "ca.key"):
+        (pki / f).chmod(0o644 if f == "key.pem" else 0o600)
+    return pki
+
+
+def ensure_network() -> None:
+    subnet = f"{SUBNET_PREFIX}.0/24"
+    out = podman("network", "inspect", NETWORK, check=False)
+    if out.returncode == 0:
+        info = json.loads(out.stdout)[0]
+        have = [s.get("subnet") for s in info.get("subnets", [])]
+        if subnet in have and info.get("dns_enabled"):
+            return
+        log(f"network {NETWORK} has subnets {have}; recreating with {subnet}")
+        podman("network", "rm", "-f", NETWORK)
+    podman("network", "create", "--subnet", subnet, "--label", f"{LABEL}=1", NETWORK)
+
+
+def container_state(name: str) -> str:
+    out = podman("inspect", name, "--format", "{{.State.Status}}", check=False)
+    return out.stdout.strip() if out.returncode == 0 else "absent"
+
+
+def run_host(host: Host, key_dir: Path, pki: Path) -> None:
+    args = [
+        "run",
+        "-d",
+        "--name",
+        host.name,
+        "--hostname",
+        host.name,
+        "--label",
+        f"{LABEL}=1",
+        "--label",
+        f"{LABEL}.image={host.image}",
+        "--network",
+        NETWORK,
+        "--ip",
+        host.ip,
+        "--systemd=always",
+        "--stop-timeout",
+        "3",
+        # nftables (the base role's firewall) needs NET_ADMIN in the host's own netns
+        "--cap-add",
+        "NET_ADMIN",
+        "--cap-add",
+        "NET_RAW",
+        "--cap-add",
+        "AUDIT_WRITE",
+        "-v",
+        f"{key_dir / 'authorized_keys'}:/root/.ssh/authorized_keys:ro",
+    ]
+    for alias in host.aliases:
+        args += ["--network-alias", alias]
+    if host.name == "acme":
+        args += ["-v", f"{pki}:/etc/pebble:ro"]
+    podman(*args, host.image, "/lib/systemd/systemd")
+
+
+def wait_running(host: Host, timeout: float = 60) -> str:
+    deadline = time.monotonic() + timeout
+    state = "unknown"
+    while time.monotonic() < deadline:
+        out = podman("exec", host.name, "systemctl", "is-system-running", check=False)
+        state = out.stdout.strip()
+        if state in ("running", "degraded"):
+            break
+        time.sleep(0.5)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection((host.ip, 22), timeout=1) as s:
+                if s.recv(4).startswith(b"SSH"):
+                    return state
+        except OSError:
+            pass
+        time.sleep(0.3)
+    raise SystemExit(f"lab: {host.name} ({host.ip}) did not open SSH within {timeout:.0f} s")
+
+
+def wanted_apps(args: argparse.Namespace) -> int:
+    apps = int(args.apps)
+    if not 1 <= apps <= MAX_APPS:
+        raise SystemExit(f"lab: --apps must be between 1 and {MAX_APPS}, got {apps}")
+    return apps
+
+
+def cmd_up(args: argparse.Namespace) -> None:
+    t0 = time.monotonic()
+    apps = wanted_apps(args)
+    cmd_image(args)
+    key = ensure_ssh_key()
+    pki = ensure_pebble_pki()
+    ensure_network()
+    want = hosts(apps)
+    names = {h.name for h in want}
+    for name in lab_containers():
+        if name not in names:
+            log(f"removing {name} (not in a lab of {apps} app hosts)")
+            podman("rm", "-f", "-t", "2", name, check=False)
+    for host in want:
+        state = container_state(host.name)
+        current = podman("inspect", host.name, "--format", "{{.ImageName}}", check=False).stdout
+        if state == "running" and current.strip() == host.image:
+            continue
+        if state != "absent":
+            log(f"{host.name} is {state}: recreating it")
+            podman("rm", "-f", "-t", "2", host.name, check=False)
+        log(f"starting {host.name} ({host.ip})")
+        run_host(host, key.parent, pki)
+    states = {h.name: wait_running(h) for h in want}
+    write_inventory(want)
+    for name, state in states.items():
+        if state != "running":
+            failed = podman(
+                "exec", name, "systemctl", "--failed", "--no-legend", check=False
+            ).stdout
+            log(f"{name}: systemd is {state}; failed units: {failed.strip() or 'none'}")
+    log(f"up in {time.monotonic() - t0:.1f} s: " + ", ".join(f"{h.name}={h.ip}" for h in want))
+
+
+def lab_containers() -> list[str]:
+    out = podman("ps", "-a", "--filter", f"label={LABEL}=1", "--format", "{{.Names}}", check=False)
+    return [n for n in out.stdout.split() if n]
+
+
+def write_inventory(want: list[Host]) -> None:
+    """For a lab with other than two app hosts, write an inventory of its own.
+
+    The committed inventories/lab/hosts.yml describes the default lab (two app hosts);
+    --apps N writes .lab/inventory/hosts.yml with the same group_vars linked in.
+    """
+    apps = [h for h in want if h.name.startswith("app")]
+    if len(apps) == 2:
+        return
+    inv = STATE / "inventory"
+    inv.mkdir(parents=True, exist_ok=True)
+    gv = inv / "group_vars"
+    if not gv.exists():
+        gv.symlink_to(ROOT / "inventories" / "lab" / "group_vars")
+    lines = ["---", "all:", "  children:"]
+    for group, members in (("lb", ["lb1"]), ("db", ["db1"]), ("app", [h.name for h in apps])):
+        lines += [f"    {group}:", "      hosts:"]
+        for m in members:
+            ip = next(h.ip for h in want if h.name == m)
+            lines.append(f"        {m}: {{ansible_host: {ip}}}")
+    (inv / "hosts.yml").write_text("\n".join(lines) + "\n")
+    log(f"inventory for {len(apps)} app hosts: -i {inv}")
+
+
+def cmd_down(_: argparse.Namespace) -> None:
+    t0 = time.monotonic()
+    names = lab_containers()
+    if names:
+        podman("rm", "-f", "-t", "2", *names, check=False)
+    if podman("network", "exists", NETWORK, check=False).returncode == 0:
+        podman("network", "rm", "-f", NETWORK, check=False)
+    log(f"down in {time.monotonic() - t0:.1f} s ({len(names)} containers removed)")
+
+
+def cmd_status(_: argparse.Namespace) -> None:
+    names = lab_containers()
+    if not names:
+        print("lab is down")
+        return
+    for name in sorted(names):
+        state = container_state(name)
+        sysstate = "-"
+        if state == "running":
+            sysstate = podman(
+                "exec", name, "systemctl", "is-system-running", check=False
+            ).stdout.strip()
+        ip = podman(
+            "inspect",
+            name,
+            "--format",
+            "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}",
+            check=False,
+        ).stdout
+        print(f"{name:8} {state:10} systemd={sysstate:10} {ip.strip()}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="lab", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    sub.add_parser("image", help="build (or reuse) the lab images").set_defaults(func=cmd_image)
+    up = sub.add_parser("up", help="bring the lab up (idempotent)")
+    up.add_argument("--apps", default=os.environ.get("LAB_APPS", "2"), help="app hosts (1-8)")
+    up.set_defaults(func=cmd_up)
+    sub.add_parser("down", help="remove the lab's containers and network").set_defaults(
+        func=cmd_down
+    )
+    sub.add_parser("status", help="show the lab").set_defaults(func=cmd_status)
+    args = parser.parse_args(argv)
+    args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
