@@ -181,6 +181,9 @@ def cmd_image(_: argparse.Namespace) -> None:
         build_rootfs()
         build_layer(HOST_IMAGE, HERE / "Containerfile", ROOTFS_IMAGE, [])
     build_layer(ACME_IMAGE, HERE / "Containerfile.acme", HOST_IMAGE, [HERE / "pebble.service"])
+    # Scenarios that run their own pebble mount these too (molecule edge scenarios).
+    ensure_ssh_key()
+    ensure_pebble_pki()
     log(f"images ready in {time.monotonic() - t0:.1f} s")
 
 
