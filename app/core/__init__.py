@@ -1,0 +1,1 @@
+"""Settings, logging and metrics: the service's cross-cutting pieces."""

@@ -1,0 +1,1 @@
+"""Alembic revisions (loaded by path by Alembic, not imported by the app)."""

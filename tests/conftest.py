@@ -1,0 +1,94 @@
+"""Fixtures shared by every test suite.
+
+All of them are lazy: PostgreSQL starts only for a test that asks for ``pg_cluster`` (directly
+or through ``database_url`` / ``migrated_database_url``), once per session, and is stopped and
+removed at the end.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.helpers.pg import PgCluster, find_pg_bin, start_cluster
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+# Console scripts of the interpreter running the tests (the project's venv).
+VENV_BIN = Path(sys.executable).parent
+
+
+@pytest.fixture(scope="session")
+def repo_root() -> Path:
+    return REPO_ROOT
+
+
+@pytest.fixture(scope="session")
+def venv_bin() -> Path:
+    return VENV_BIN
+
+
+@pytest.fixture(scope="session")
+def pg_cluster() -> Iterator[PgCluster]:
+    """A private PostgreSQL 15 cluster on 127.0.0.1:<free port>, for the whole session."""
+    bin_dir = find_pg_bin()
+    if bin_dir is None:
+        pytest.skip("PostgreSQL server binaries not found (set PG_BIN to their directory)")
+    cluster = start_cluster(bin_dir)
+    try:
+        yield cluster
+    finally:
+        cluster.destroy()
+
+
+@pytest.fixture
+def pg(pg_cluster: PgCluster) -> Iterator[PgCluster]:
+    """The session cluster, restarted after the test if the test stopped it."""
+    yield pg_cluster
+    if not pg_cluster.is_running():
+        pg_cluster.start()
+
+
+@pytest.fixture
+def database_url(pg: PgCluster) -> Iterator[str]:
+    """A fresh, empty database for this test only, as a ``postgresql://`` URL."""
+    name = pg.create_database()
+    try:
+        yield pg.url(name)
+    finally:
+        if pg.is_running():
+            pg.drop_database(name)
+
+
+@pytest.fixture
+def migrated_database_url(database_url: str) -> str:
+    """Like ``database_url``, with the packaged migrations applied up to head."""
+    from app.core.config import Settings
+    from app.migrate import migrate
+
+    migrate(Settings(database_url=database_url, app_env="development"), "upgrade", "head")
+    return database_url
+
+
+@pytest.fixture
+def app_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[pytest.MonkeyPatch]:
+    """A clean slate for the service's environment variables and cached settings."""
+    from app.core.config import get_settings
+
+    for name in list(os.environ):
+        if name in {
+            "DATABASE_URL",
+            "APP_RELEASE",
+            "APP_ENV",
+            "LOG_LEVEL",
+            "HEALTH_DB_TIMEOUT",
+            "DB_CONNECT_TIMEOUT",
+            "PROMETHEUS_MULTIPROC_DIR",
+        }:
+            monkeypatch.delenv(name)
+    get_settings.cache_clear()
+    yield monkeypatch
+    get_settings.cache_clear()
