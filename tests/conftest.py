@@ -63,14 +63,39 @@ def database_url(pg: PgCluster) -> Iterator[str]:
             pg.drop_database(name)
 
 
-@pytest.fixture
-def migrated_database_url(database_url: str) -> str:
-    """Like ``database_url``, with the packaged migrations applied up to head."""
+@pytest.fixture(scope="session")
+def _migrated_database(pg_cluster: PgCluster) -> str:
+    """One database migrated to head for the session (CREATE DATABASE costs ~0.3 s each)."""
     from app.core.config import Settings
     from app.migrate import migrate
 
-    migrate(Settings(database_url=database_url, app_env="development"), "upgrade", "head")
-    return database_url
+    name = pg_cluster.create_database("shared_head")
+    migrate(Settings(database_url=pg_cluster.url(name)), "upgrade", "head")
+    return name
+
+
+@pytest.fixture
+def migrated_database_url(pg: PgCluster, _migrated_database: str) -> str:
+    """A database at the head revision with every table emptied before the test.
+
+    Shared between tests: a test that changes the schema must use ``database_url`` instead.
+    """
+    pg.execute(
+        """
+        DO $$
+        DECLARE tables text;
+        BEGIN
+            SELECT string_agg(format('%I.%I', schemaname, tablename), ', ') INTO tables
+            FROM pg_tables
+            WHERE schemaname = 'public' AND tablename <> 'alembic_version';
+            IF tables IS NOT NULL THEN
+                EXECUTE 'TRUNCATE ' || tables || ' RESTART IDENTITY CASCADE';
+            END IF;
+        END $$;
+        """,
+        database=_migrated_database,
+    )
+    return pg.url(_migrated_database)
 
 
 @pytest.fixture

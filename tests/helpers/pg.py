@@ -22,6 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import quote
 
+import psycopg
+
 from tests.helpers.net import free_port
 
 PG_BIN_CANDIDATES = (Path("/usr/lib/postgresql/15/bin"),)
@@ -201,18 +203,31 @@ class PgCluster:
         )
         return result.stdout.strip()
 
+    def execute(self, sql: str, database: str = "postgres") -> None:
+        """Run ``sql`` as the superuser over the unix socket (faster than ``psql``)."""
+        with psycopg.connect(
+            host=str(self.socket_dir),
+            port=self.port,
+            user="postgres",
+            dbname=database,
+            autocommit=True,
+            connect_timeout=5,
+        ) as connection:
+            connection.execute(sql.encode())
+
     def create_app_role(self) -> None:
         password = self.app_password.replace("'", "''")
-        self.psql(f"CREATE ROLE {self.app_user} LOGIN PASSWORD '{password}'")
+        self.execute(f"CREATE ROLE {self.app_user} LOGIN PASSWORD '{password}'")
 
-    def create_database(self, name: str | None = None) -> str:
-        """A new empty database owned by the app role; returns its name."""
+    def create_database(self, name: str | None = None, template: str | None = None) -> str:
+        """A new database owned by the app role (a copy of ``template`` if given)."""
         name = name or f"t_{int(time.time() * 1000) % 10**9}_{secrets.token_hex(3)}"
-        self.psql(f'CREATE DATABASE "{name}" OWNER {self.app_user}')
+        copy = f' TEMPLATE "{template}"' if template else ""
+        self.execute(f'CREATE DATABASE "{name}" OWNER {self.app_user}{copy}')
         return name
 
     def drop_database(self, name: str) -> None:
-        self.psql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        self.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
     def url(self, database: str, *, port: int | None = None, host: str | None = None) -> str:
         """``postgresql://`` URL for the app role over TCP (password auth)."""
