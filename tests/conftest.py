@@ -7,13 +7,13 @@ removed at the end.
 
 from __future__ import annotations
 
-import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from tests.helpers.cli import SERVICE_VARIABLES
 from tests.helpers.pg import PgCluster, find_pg_bin, start_cluster
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -103,17 +103,8 @@ def app_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[pytest.MonkeyPatch]:
     """A clean slate for the service's environment variables and cached settings."""
     from app.core.config import get_settings
 
-    for name in list(os.environ):
-        if name in {
-            "DATABASE_URL",
-            "APP_RELEASE",
-            "APP_ENV",
-            "LOG_LEVEL",
-            "HEALTH_DB_TIMEOUT",
-            "DB_CONNECT_TIMEOUT",
-            "PROMETHEUS_MULTIPROC_DIR",
-        }:
-            monkeypatch.delenv(name)
+    for name in SERVICE_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
     get_settings.cache_clear()
     yield monkeypatch
     get_settings.cache_clear()

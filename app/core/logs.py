@@ -44,9 +44,24 @@ def _shared_processors() -> list[Processor]:
     ]
 
 
+class _CurrentStdoutHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes to whatever ``sys.stdout`` is at the time of the record, not at configuration."""
+
+    @property
+    def stream(self) -> TextIO:
+        return sys.stdout
+
+    @stream.setter
+    def stream(self, _value: TextIO) -> None:
+        pass
+
+
 def configure_logging(level: str = "INFO", stream: TextIO | None = None) -> None:
-    """Send structlog and standard-library records to ``stream`` (stdout) as JSON lines."""
-    out = stream if stream is not None else sys.stdout
+    """Send structlog and standard-library records to ``stream`` as JSON lines.
+
+    Without ``stream``, lines go to ``sys.stdout`` as it is when each line is written (so a
+    later replacement of ``sys.stdout``, by a test runner for instance, is followed).
+    """
     numeric_level = logging.getLevelNamesMapping()[level.upper()]
 
     structlog.configure(
@@ -57,13 +72,15 @@ def configure_logging(level: str = "INFO", stream: TextIO | None = None) -> None
             structlog.processors.JSONRenderer(),
         ],
         wrapper_class=structlog.make_filtering_bound_logger(numeric_level),
-        logger_factory=structlog.WriteLoggerFactory(file=out),
+        logger_factory=structlog.WriteLoggerFactory(file=stream),
         # Not cached: tests (structlog.testing.capture_logs) and a second app in one process
         # may reconfigure, and module-level loggers must follow.
         cache_logger_on_first_use=False,
     )
 
-    handler = logging.StreamHandler(out)
+    handler: logging.Handler = (
+        logging.StreamHandler(stream) if stream is not None else _CurrentStdoutHandler()
+    )
     handler.setFormatter(
         structlog.stdlib.ProcessorFormatter(
             foreign_pre_chain=[structlog.stdlib.add_logger_name, *_shared_processors()],

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
 from typing import Any
@@ -11,11 +10,7 @@ import pytest
 
 from app.core.config import Settings
 from app.main import create_app
-
-with warnings.catch_warnings():
-    # Starlette's TestClient prefers the "httpx2" package now; httpx still works.
-    warnings.filterwarnings("ignore", message="Using `httpx` with `starlette.testclient`")
-    from fastapi.testclient import TestClient
+from tests.helpers.testclient import TestClient
 
 RELEASE = "2026.11.25-test"
 

@@ -6,7 +6,7 @@ from datetime import datetime
 
 import pytest
 
-from tests.app.conftest import TestClient
+from tests.helpers.testclient import TestClient
 
 
 def _create(client: TestClient, **fields: object) -> dict[str, object]:
