@@ -101,9 +101,12 @@ def _build_parser() -> argparse.ArgumentParser:
 
 
 def _describe(exc: BaseException) -> str:
+    """One line: libpq spreads its messages over several."""
     if isinstance(exc, DBAPIError) and exc.orig is not None:
-        return f"database error: {str(exc.orig).strip()}"
-    return str(exc).strip() or type(exc).__name__
+        text = f"database error: {exc.orig}"
+    else:
+        text = str(exc) or type(exc).__name__
+    return " ".join(text.split())
 
 
 def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
