@@ -27,10 +27,9 @@ Environment variables (names are case-insensitive, as pydantic-settings reads th
 from __future__ import annotations
 
 from functools import lru_cache
-from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import DirectoryPath, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
@@ -78,7 +77,8 @@ class Settings(BaseSettings):
     log_level: LogLevel = "INFO"
     health_db_timeout: float = Field(default=1.5, gt=0, le=60)
     db_connect_timeout: int = Field(default=5, ge=2, le=300)
-    prometheus_multiproc_dir: Path | None = None
+    # Must exist: prometheus_client writes a file there on every worker's first request.
+    prometheus_multiproc_dir: DirectoryPath | None = None
 
     @field_validator("log_level", mode="before")
     @classmethod

@@ -147,3 +147,12 @@ def test_get_settings_is_cached_until_cleared(app_env: pytest.MonkeyPatch) -> No
     assert get_settings() is first
     get_settings.cache_clear()
     assert get_settings().app_release == "two"
+
+
+def test_a_missing_metrics_directory_is_refused(
+    app_env: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    app_env.setenv("DATABASE_URL", GOOD_URL)
+    app_env.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path / "absent"))
+    with pytest.raises(SettingsError, match="PROMETHEUS_MULTIPROC_DIR"):
+        load_settings()
