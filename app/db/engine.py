@@ -24,6 +24,7 @@ def build_async_engine(settings: Settings) -> AsyncEngine:
     return create_async_engine(
         settings.database_url,
         pool_pre_ping=True,  # a connection broken by a database restart is replaced, not used
+        hide_parameters=True,  # request data stays out of error messages and logs
         pool_size=5,
         max_overflow=10,
         pool_timeout=10,
@@ -41,5 +42,6 @@ def build_sync_engine(settings: Settings) -> Engine:
     return create_engine(
         settings.database_url,
         poolclass=NullPool,
+        hide_parameters=True,
         connect_args=_connect_args(settings, f"app-migrate {settings.app_release}"),
     )

@@ -14,6 +14,7 @@ from logging.config import fileConfig
 
 from alembic import context
 from sqlalchemy import Connection, text
+from sqlalchemy.exc import SQLAlchemyError
 
 from app.core.config import Settings, get_settings
 from app.db.engine import build_sync_engine
@@ -85,11 +86,16 @@ def _migrate_locked(connection: Connection) -> None:
             context.run_migrations()
         config.attributes["revision_after"] = _heads()
     finally:
-        if connection.in_transaction():
-            connection.rollback()
-        connection.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": MIGRATION_LOCK_KEY})
-        connection.commit()
-        log.info("migration lock released")
+        try:
+            if connection.in_transaction():
+                connection.rollback()
+            connection.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": MIGRATION_LOCK_KEY})
+            connection.commit()
+            log.info("migration lock released")
+        except SQLAlchemyError:
+            # A broken connection must not hide the error that broke it; the lock ends with
+            # the session, which closes right after.
+            log.warning("could not release the migration lock; it ends with the session")
 
 
 if context.is_offline_mode():
