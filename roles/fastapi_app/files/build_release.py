@@ -4,7 +4,8 @@
     build_release.py --name NAME --source SRC --cache DIR [--constraints FILE] [--release ID]
 
 SRC is a project directory, a wheel file, or a PEP 508 requirement (``pkg==1.2``,
-``pkg @ git+https://...``). The result is ``DIR/NAME/<release>.tar.gz`` holding
+``pkg @ git+https://...``); each ``--server REQ`` (gunicorn, uvicorn-worker) is resolved
+with it, so an app that does not depend on the app server still gets one. The result is ``DIR/NAME/<release>.tar.gz`` holding
 ``wheelhouse/*.whl`` and ``requirements.txt`` (every wheel pinned, with its sha256), so
 hosts install with ``pip install --no-index --require-hashes`` and run byte-identical code.
 
@@ -113,6 +114,10 @@ def main() -> None:
     parser.add_argument("--cache", required=True)
     parser.add_argument("--constraints", default="")
     parser.add_argument("--release", default="")
+    parser.add_argument(
+        "--server", action="append", default=[],
+        help="requirement added to the app's (the app server: gunicorn, uvicorn-worker)",
+    )
     args = parser.parse_args()
 
     cache = Path(args.cache).expanduser() / args.name
@@ -133,6 +138,7 @@ def main() -> None:
             key.update(target.encode())
         if constraints:
             key.update(constraints.read_bytes())
+        key.update("\n".join(sorted(args.server)).encode())
         key.update(f"{sys.version_info[:2]}".encode())
         digest = key.hexdigest()
 
@@ -151,7 +157,7 @@ def main() -> None:
 
         house = work / "wheelhouse"
         extra = ["-c", str(constraints)] if constraints else []
-        pip("wheel", "-q", "-w", str(house), *extra, target)
+        pip("wheel", "-q", "-w", str(house), *extra, target, *args.server)
         wheels = sorted(house.glob("*.whl"))
         top = [w for w in wheels if wheel_meta(w)[0] == package]
         if len(top) != 1:
