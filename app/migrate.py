@@ -6,6 +6,7 @@ Contract (what a deploy tool may rely on)::
     app-migrate downgrade REV   # e.g. "base" or "0001"
     app-migrate current
     app-migrate heads           # needs no database
+    app-migrate plan            # what "upgrade head" would run; changes nothing
 
 On success the command prints exactly one JSON object on one line on stdout and exits 0:
 
@@ -16,6 +17,22 @@ On success the command prints exactly one JSON object on one line on stdout and 
 * ``current``: ``{"event": "current", "current": "0002", "head": "0002", "up_to_date": true}``
 * ``heads``: ``{"event": "heads", "head": "0002", "heads": ["0002"]}``
 
+``plan`` is the exception to the one-line rule: it reads the database's revision (a plain
+``SELECT``, no migration lock, no writes) and prints the SQL that ``upgrade head`` would run
+from there, as Alembic's offline (``--sql``) mode renders it for PostgreSQL: statements ending
+in ``;``, ``-- Running upgrade A -> B`` comments and blank lines, ``BEGIN;``/``COMMIT;`` around
+it all, and for an empty database the ``CREATE TABLE alembic_version`` too. The LAST line of
+stdout is then the JSON object::
+
+    {"event": "plan", "from": "0001", "to": "0002", "pending": ["0002"], "statements": 4}
+
+``from`` is the database's revision (``null`` when empty), ``to`` the head of this release,
+``pending`` the revisions ``upgrade head`` would apply, oldest first, and ``statements`` the
+number of SQL statements printed (transaction and ``alembic_version`` bookkeeping included).
+With nothing pending, no SQL is printed and ``statements`` is 0. A database at a revision this
+release does not know (migrated by a newer release) is a failure (exit 1). The SQL is what a
+deploy tool scans for destructive statements before it migrates; the scan is not done here.
+
 Logs (JSON lines) go to stderr. On failure stdout stays empty, stderr ends with a line
 ``app-migrate: error: ...`` and the exit status is 2 for a configuration problem (for example
 ``DATABASE_URL`` missing) or 1 for anything else (database unreachable, migration failed).
@@ -25,6 +42,7 @@ The database URL comes from ``DATABASE_URL`` as for the service (``app.core.conf
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import os
 import sys
@@ -34,6 +52,7 @@ from typing import Any
 from alembic import command
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
+from alembic.script.revision import RevisionError
 from alembic.util.exc import CommandError
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
@@ -85,6 +104,51 @@ def migrate(settings: Settings, action: str, revision: str) -> dict[str, Any]:
     }
 
 
+class _CountingBuffer(io.StringIO):
+    """Alembic's offline output; counts the statements (one ``write`` per emitted chunk)."""
+
+    statements = 0
+
+    def write(self, text: str, /) -> int:
+        chunk = text.strip()
+        if chunk and not chunk.startswith("--"):
+            self.statements += 1
+        return super().write(text)
+
+
+def plan(settings: Settings) -> tuple[str, dict[str, Any]]:
+    """The SQL ``upgrade head`` would run now, and the summary ``main`` prints after it."""
+    current = _current(settings)
+    if len(current) > 1:
+        raise CommandError(f"the database has several heads ({', '.join(current)}); cannot plan")
+    before = current[0] if current else None
+    script = ScriptDirectory.from_config(alembic_config())
+    heads = sorted(script.get_heads())
+    try:  # newest first from iterate_revisions
+        pending = [
+            revision.revision
+            for revision in reversed(list(script.iterate_revisions("heads", before or "base")))
+        ]
+    except RevisionError as exc:
+        raise CommandError(
+            f"the database is at revision {before}, which this release cannot upgrade from "
+            f"(a newer release migrated it?): {exc}"
+        ) from exc
+    buffer = _CountingBuffer()
+    if pending:
+        config = alembic_config(settings)
+        config.output_buffer = buffer
+        command.upgrade(config, f"{before}:heads" if before else "heads", sql=True)
+    result = {
+        "event": "plan",
+        "from": before,
+        "to": _one(heads),
+        "pending": pending,
+        "statements": buffer.statements,
+    }
+    return buffer.getvalue(), result
+
+
 def _build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="app-migrate",
@@ -97,6 +161,9 @@ def _build_parser() -> argparse.ArgumentParser:
     downgrade.add_argument("revision")
     sub.add_parser("current", help="print the database's revision")
     sub.add_parser("heads", help="print the head revision shipped in this release")
+    sub.add_parser(
+        "plan", help="print the SQL 'upgrade head' would run on the database (changes nothing)"
+    )
     return parser
 
 
@@ -109,17 +176,24 @@ def _describe(exc: BaseException) -> str:
     return " ".join(text.split())
 
 
-def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
-    """Parse ``argv`` and do the work; the result is what ``main`` prints."""
+def run(argv: Sequence[str] | None = None) -> tuple[str, dict[str, Any]]:
+    """Parse ``argv`` and do the work: the text ``main`` prints first, then the JSON line."""
     args = _build_parser().parse_args(argv)
     if args.command == "heads":
         heads = _heads()
-        return {"event": "heads", "head": _one(heads), "heads": heads}
+        return "", {"event": "heads", "head": _one(heads), "heads": heads}
     settings = load_settings()
     if args.command == "current":
         current, head = _one(_current(settings)), _one(_heads())
-        return {"event": "current", "current": current, "head": head, "up_to_date": current == head}
-    return migrate(settings, args.command, args.revision)
+        return "", {
+            "event": "current",
+            "current": current,
+            "head": head,
+            "up_to_date": current == head,
+        }
+    if args.command == "plan":
+        return plan(settings)
+    return "", migrate(settings, args.command, args.revision)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -128,7 +202,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         level if level in {"DEBUG", "WARNING", "ERROR", "CRITICAL"} else "INFO", stream=sys.stderr
     )
     try:
-        result = run(argv)
+        text, result = run(argv)
     except SettingsError as exc:
         print(f"app-migrate: error: {exc}", file=sys.stderr)
         return EXIT_CONFIG
@@ -139,6 +213,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         get_logger("app.migrate").exception("migration failed")
         print(f"app-migrate: error: {type(exc).__name__}: {exc}", file=sys.stderr)
         return EXIT_FAILURE
+    if text:
+        sys.stdout.write(text if text.endswith("\n") else text + "\n")
     print(json.dumps(result, separators=(",", ":")), flush=True)
     return 0
 

@@ -43,6 +43,17 @@ class MigrateResult:
         result: dict[str, Any] = json.loads(lines[0])
         return result
 
+    def last_json(self) -> dict[str, Any]:
+        """The JSON object on the last stdout line (``plan`` prints SQL before it)."""
+        lines = self.stdout.splitlines()
+        assert lines, f"nothing on stdout\n{self.stderr}"
+        result: dict[str, Any] = json.loads(lines[-1])
+        return result
+
+    def text_before_json(self) -> str:
+        """Everything on stdout before the last line."""
+        return "".join(self.stdout.splitlines(keepends=True)[:-1])
+
 
 def app_migrate(
     *args: str,
