@@ -58,3 +58,13 @@ def test_serves_the_release_over_http(host):
         host.run("curl -s -m 5 http://$(hostname -I | awk '{print $1}'):8000/").stdout
     )
     assert hello["hello"] == "molecule"
+
+
+def test_unit_exposure_is_low(host):
+    """systemd-analyze security scores the unit's hardening; 10 is unprotected."""
+    out = host.run(f"systemd-analyze security --no-pager {NAME}.service")
+    assert out.rc == 0, out.stderr
+    line = next(x for x in out.stdout.splitlines() if "Overall exposure level" in x)
+    score = float(line.split(":", 1)[1].split()[0])
+    print(f"exposure of {NAME}.service: {score}")
+    assert score <= 2.0, out.stdout

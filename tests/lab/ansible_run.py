@@ -1,0 +1,116 @@
+"""Run the project's playbooks against the lab from tests, and read what they did."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+VENV_BIN = Path(sys.executable).parent
+INVENTORY = ROOT / "inventories" / "lab"
+RECAP = re.compile(
+    r"^(?P<host>\S+)\s+:\s+ok=(?P<ok>\d+)\s+changed=(?P<changed>\d+)\s+unreachable=(?P<unreachable>\d+)"
+    r"\s+failed=(?P<failed>\d+)\s+skipped=(?P<skipped>\d+)\s+rescued=(?P<rescued>\d+)\s+ignored=(?P<ignored>\d+)",
+    re.M,
+)
+
+
+@dataclass
+class PlaybookRun:
+    args: list[str]
+    rc: int
+    output: str
+    seconds: float
+    recap: dict[str, dict[str, int]] = field(default_factory=dict)
+
+    @property
+    def changed(self) -> int:
+        return sum(h["changed"] for h in self.recap.values())
+
+    def tail(self, lines: int = 80) -> str:
+        return "\n".join(self.output.splitlines()[-lines:])
+
+
+def ansible_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(
+        ANSIBLE_CONFIG=str(ROOT / "ansible.cfg"),
+        ANSIBLE_FORCE_COLOR="0",
+        ANSIBLE_NOCOLOR="1",
+        PATH=f"{VENV_BIN}:{env.get('PATH', '')}",
+    )
+    return env
+
+
+def playbook_cmd(playbook: str, *args: str, extra: dict[str, object] | None = None) -> list[str]:
+    cmd = [
+        str(VENV_BIN / "ansible-playbook"),
+        str(ROOT / "playbooks" / playbook),
+        "-i",
+        str(INVENTORY),
+    ]
+    if extra:
+        cmd += ["-e", json.dumps(extra)]
+    return cmd + list(args)
+
+
+def run_playbook(
+    playbook: str, *args: str, extra: dict[str, object] | None = None, timeout: float = 1200
+) -> PlaybookRun:
+    """Run a playbook to the end; the output is printed so CI logs explain themselves."""
+    cmd = playbook_cmd(playbook, *args, extra=extra)
+    start = time.monotonic()
+    proc = subprocess.run(
+        cmd,
+        cwd=ROOT,
+        env=ansible_env(),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+    run = PlaybookRun(cmd, proc.returncode, proc.stdout + proc.stderr, time.monotonic() - start)
+    run.recap = {
+        m["host"]: {k: int(v) for k, v in m.groupdict().items() if k != "host"}
+        for m in RECAP.finditer(proc.stdout)
+    }
+    print(f"\n$ {' '.join(playbook_cmd(playbook, *args))}  -> rc={run.rc} in {run.seconds:.1f} s")
+    print(f"  recap: {run.recap}")
+    return run
+
+
+def start_playbook(
+    playbook: str, *args: str, extra: dict[str, object] | None = None
+) -> subprocess.Popen[str]:
+    """Start a playbook in the background (for concurrent-deploy tests)."""
+    return subprocess.Popen(
+        playbook_cmd(playbook, *args, extra=extra),
+        cwd=ROOT,
+        env=ansible_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
+def lab_exec(host: str, command: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    """Look inside a lab host, as a person would (podman exec)."""
+    env = dict(os.environ, CONTAINERS_CONF=str(ROOT / "lab" / "containers.conf"))
+    proc = subprocess.run(
+        ["podman", "exec", host, "bash", "-c", command],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if check and proc.returncode != 0:
+        raise AssertionError(
+            f"{host}: {command!r} failed ({proc.returncode}): {proc.stderr}{proc.stdout}"
+        )
+    return proc
