@@ -11,7 +11,7 @@ STAMPS    := .lab/stamps
 APT_PACKAGES := podman runc debootstrap uidmap python3-venv python3-dev openssh-client \
                 openssl git postgresql-15 postgresql-client-15 ca-certificates curl
 # Molecule scenarios run by `make test`, in this order (each owns its containers and network).
-MOLECULE_SCENARIOS ?= smoke
+MOLECULE_SCENARIOS ?= base postgresql fastapi_app edge cluster
 
 export CONTAINERS_CONF := $(CURDIR)/lab/containers.conf
 export ANSIBLE_CONFIG  := $(CURDIR)/ansible.cfg
@@ -42,6 +42,8 @@ lab-up: setup  ## Build the lab image (cached) and bring the lab hosts up
 
 lab: lab-up  ## Set everything up and converge site.yml on the local lab
 	$(BIN)/ansible-playbook playbooks/site.yml -i inventories/lab
+	@echo
+	$(PYTHON) lab/lab.py health
 	@echo
 	@echo "The lab is converged. Next:"
 	@echo "  podman exec -it app1 bash          # look inside a host"

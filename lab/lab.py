@@ -470,6 +470,59 @@ def cmd_status(_: argparse.Namespace) -> None:
         print(f"{name:8} {state:10} systemd={sysstate:10} {ip.strip()}")
 
 
+def cmd_health(_: argparse.Namespace) -> None:
+    """What a person checks after `make lab`: every app host, then the edge over HTTPS."""
+    apps = [n for n in sorted(lab_containers()) if n.startswith("app")]
+    bad = 0
+    for name in apps:
+        ip = podman(
+            "inspect", name, "--format", "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}"
+        ).stdout.strip()
+        # The app port admits only the lb hosts (the base role's firewall): ask from lb1.
+        out = podman(
+            "exec", "lb1", "curl", "-s", "-m", "3", f"http://{ip}:8000/health", check=False
+        )
+        bad += '"healthy"' not in out.stdout
+        print(f"{name:6} http://{ip}:8000/health  {out.stdout.strip() or out.stderr.strip()}")
+    roots = STATE / "pebble" / "issuing-roots.pem"
+    got = subprocess.run(
+        [
+            "curl",
+            "-s",
+            "-m",
+            "5",
+            "--cacert",
+            str(STATE / "pebble" / "ca.pem"),
+            f"https://{SUBNET_PREFIX}.5:15000/roots/0",
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    roots.write_text(got.stdout)
+    edge = subprocess.run(
+        [
+            "curl",
+            "-s",
+            "-m",
+            "5",
+            "--cacert",
+            str(roots),
+            "--resolve",
+            f"{SITE_NAME}:443:{SUBNET_PREFIX}.10",
+            f"https://{SITE_NAME}/health",
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    bad += '"healthy"' not in edge.stdout
+    print(f"edge   https://{SITE_NAME}/health  {edge.stdout.strip() or edge.stderr.strip()}")
+    print(f"       (certificate from the lab's pebble; its root is in {roots})")
+    if bad:
+        raise SystemExit(f"lab: {bad} health check(s) failed")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="lab", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="cmd", required=True)
@@ -481,6 +534,9 @@ def main(argv: list[str] | None = None) -> None:
         func=cmd_down
     )
     sub.add_parser("status", help="show the lab").set_defaults(func=cmd_status)
+    sub.add_parser("health", help="ask every app host and the edge for /health").set_defaults(
+        func=cmd_health
+    )
     args = parser.parse_args(argv)
     args.func(args)
 
