@@ -1,0 +1,68 @@
+"""The lab cluster as converged by molecule's `cluster` scenario (site.yml on lb1, app1,
+app2, db1, with pebble in acme). These tests drive it from the controller like an operator."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.lab.ansible_run import ROOT
+
+SITE = "app.lab.test"
+LB_IP = "10.89.50.10"
+PEBBLE_MGMT = "https://10.89.50.5:15000"
+APP_HOSTS = {"app1": "10.89.50.31", "app2": "10.89.50.32"}
+
+
+@pytest.fixture(scope="session")
+def pebble_roots(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Pebble's issuing root (it changes with every pebble start): what clients trust."""
+    out = subprocess.run(
+        [
+            "curl",
+            "-sf",
+            "-m",
+            "5",
+            "--cacert",
+            str(ROOT / ".lab/pebble/ca.pem"),
+            f"{PEBBLE_MGMT}/roots/0",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    path = tmp_path_factory.mktemp("pebble") / "roots.pem"
+    path.write_text(out.stdout)
+    return path
+
+
+def edge(path: str, roots: Path, *curl_args: str) -> subprocess.CompletedProcess[str]:
+    """curl through the edge as a client on the internet would (SNI app.lab.test)."""
+    return subprocess.run(
+        [
+            "curl",
+            "-s",
+            "-m",
+            "5",
+            "--cacert",
+            str(roots),
+            "--resolve",
+            f"{SITE}:443:{LB_IP}",
+            "--resolve",
+            f"{SITE}:80:{LB_IP}",
+            *curl_args,
+            f"https://{SITE}{path}",
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+
+
+def edge_json(path: str, roots: Path) -> dict[str, object]:
+    out = edge(path, roots)
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout)
