@@ -6,6 +6,15 @@ import pytest
 from conftest import APP, LB, journal, listening, probe
 
 
+def test_systemd_is_pid_1_and_no_unit_failed(host):
+    # The lab image under molecule (was the smoke scenario), after the role converged.
+    assert host.process.get(pid=1).comm == "systemd"
+    state = host.run("systemctl is-system-running").stdout.strip()
+    if state != "running":
+        failed = host.run("systemctl --failed --no-legend").stdout
+        pytest.fail(f"systemd is {state}; failed units:\n{failed}")
+
+
 def test_app_user_is_a_system_account_without_a_login_shell(host):
     user = host.user("app")
     assert user.exists
