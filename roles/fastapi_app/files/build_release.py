@@ -5,9 +5,10 @@
 
 SRC is a project directory, a wheel file, or a PEP 508 requirement (``pkg==1.2``,
 ``pkg @ git+https://...``); each ``--server REQ`` (gunicorn, uvicorn-worker) is resolved
-with it, so an app that does not depend on the app server still gets one. The result is ``DIR/NAME/<release>.tar.gz`` holding
-``wheelhouse/*.whl`` and ``requirements.txt`` (every wheel pinned, with its sha256), so
-hosts install with ``pip install --no-index --require-hashes`` and run byte-identical code.
+with it, so an app that does not depend on the app server still gets one. The result is
+``DIR/NAME/<release>.tar.gz`` holding ``wheelhouse/*.whl`` and ``requirements.txt`` (every
+wheel pinned, with its sha256), so hosts install with ``pip install --no-index
+--require-hashes`` and run byte-identical code.
 
 The release id defaults to ``<version>-<key>``, where the key hashes the app wheel's
 content, the constraints and the source: the same code gives the same id, so a second
@@ -115,7 +116,9 @@ def main() -> None:
     parser.add_argument("--constraints", default="")
     parser.add_argument("--release", default="")
     parser.add_argument(
-        "--server", action="append", default=[],
+        "--server",
+        action="append",
+        default=[],
         help="requirement added to the app's (the app server: gunicorn, uvicorn-worker)",
     )
     args = parser.parse_args()
@@ -167,8 +170,9 @@ def main() -> None:
         if not SAFE_RELEASE.match(release):
             fail(f"release id {release!r} is not a safe path segment ([A-Za-z0-9._-], max 64)")
 
-        lines = [f"{wheel_meta(w)[0]}=={wheel_meta(w)[1]} --hash=sha256:{file_sha256(w)}"
-                 for w in wheels]
+        lines = [
+            f"{wheel_meta(w)[0]}=={wheel_meta(w)[1]} --hash=sha256:{file_sha256(w)}" for w in wheels
+        ]
         (work / "requirements.txt").write_text("\n".join(lines) + "\n")
         meta = {
             "release": release,

@@ -35,7 +35,9 @@ def probe(url: str, unix_socket: str | None) -> tuple[int, str]:
     if unix_socket:
         conn: http.client.HTTPConnection = UnixHTTPConnection(unix_socket, 2.0)
     else:
-        conn = http.client.HTTPConnection(parts.hostname or "localhost", parts.port or 80, timeout=2.0)
+        conn = http.client.HTTPConnection(
+            parts.hostname or "localhost", parts.port or 80, timeout=2.0
+        )
     try:
         conn.request("GET", parts.path or "/", headers={"User-Agent": "fastapi-metal-health-gate"})
         resp = conn.getresponse()
@@ -71,12 +73,32 @@ def main() -> int:
         except OSError as exc:
             last = f"{type(exc).__name__}: {exc}"
         if time.monotonic() - start > timeout:
-            print(json.dumps({"ok": False, "elapsed": round(time.monotonic() - start, 2),
-                              "tries": tries, "last": last, "url": url, "want": want}))
+            print(
+                json.dumps(
+                    {
+                        "ok": False,
+                        "elapsed": round(time.monotonic() - start, 2),
+                        "tries": tries,
+                        "last": last,
+                        "url": url,
+                        "want": want,
+                    }
+                )
+            )
             return 1
         time.sleep(0.2)
-    print(json.dumps({"ok": True, "elapsed": round(time.monotonic() - start, 2),
-                      "tries": tries, "last": last, "url": url, "want": want}))
+    print(
+        json.dumps(
+            {
+                "ok": True,
+                "elapsed": round(time.monotonic() - start, 2),
+                "tries": tries,
+                "last": last,
+                "url": url,
+                "want": want,
+            }
+        )
+    )
     return 0
 
 
