@@ -1,0 +1,739 @@
+"""An open-loop load generator: the proof that a rolling upgrade drops no request.
+
+It sends requests at a steady rate on a fixed timetable (request ``i`` is due ``i / rate``
+seconds after the start) whatever the server does: a slow answer never delays the next request
+(open loop). Requests that are late because the generator itself fell behind are sent at once
+and their lateness is recorded as *lag*, so a slow generator is not mistaken for a slow server.
+
+The mix hits the notes API, which reads and writes PostgreSQL: by default 35 % ``GET
+/notes?limit=5``, 35 % ``GET /notes/{id}`` of a note this run created (a list until one
+exists), 30 % ``POST /notes``. Every request has a total time limit (default 2 s). A failure
+is any status outside 2xx, a connection error, a TLS error or a timeout.
+
+Recorded per request: when it was due and sent, its latency, its status (or error kind) and
+the ``X-App-Release`` header. ``LoadResult`` adds up totals, releases in order of first
+appearance and when the traffic switched between them, and one row per second (sent, ok,
+failed, p50/p90/p99/max latency, releases seen); ``write_json()`` keeps all of it, raw samples
+included, for the benchmark; ``summary()`` is a few printable lines.
+
+TLS is verified against ``cafile`` (the lab passes pebble's chain). ``resolve`` maps a host
+name to the address to connect to (``{"app.lab.test": "10.89.50.10"}``) at the socket level:
+the URL, the ``Host`` header, SNI and the certificate check all keep the name.
+
+Three ways to run it::
+
+    # blocking, in this thread
+    result = LoadGenerator("https://app.lab.test", rate=200, duration=60,
+                           cafile=ca, resolve={"app.lab.test": "10.89.50.10"}).run()
+
+    # in a background thread while something else happens (a rolling upgrade)
+    with LoadGenerator("https://app.lab.test", rate=200, cafile=ca, resolve=...) as load:
+        run_playbook("rolling_upgrade.yml")
+    load.result.write_json(tmp / "load.json"); print(load.result.summary())
+
+    # command line (exit status 1 when a request failed)
+    python -m tests.lab.loadgen --url https://app.lab.test --rate 200 --duration 60 \\
+        --cafile ca.pem --resolve app.lab.test:10.89.50.10 --out load.json
+
+Concurrency: one asyncio loop (uvloop when installed) with a keep-alive pool of at most
+``max_connections`` connections; requests beyond that wait for a connection inside their time
+limit. At most ``max_in_flight`` requests are pending at once (a safety net far above what
+``rate x timeout`` needs); when it is reached the timetable waits and the delay shows as lag.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import itertools
+import json
+import math
+import random
+import signal
+import ssl
+import sys
+import threading
+import time
+from collections import Counter, deque
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import httpcore
+import httpx
+
+RELEASE_HEADER = "X-App-Release"
+DEFAULT_MIX: Mapping[str, float] = {"list": 0.35, "get": 0.35, "create": 0.30}
+#: Lag above this counts a request as "late" in the totals.
+LATE_THRESHOLD = 0.050
+#: How many failures are kept with their details (all are counted).
+FAILURE_DETAILS = 500
+
+
+# -- connecting to an address of our choosing, under the URL's name --------------------------
+
+
+class ResolvingBackend(httpcore.AsyncNetworkBackend):
+    """httpcore network backend that connects to ``overrides[host]`` instead of resolving
+    ``host``. TLS is layered on top by httpcore with the URL's host as SNI and for the
+    certificate check, so nothing but the TCP destination changes."""
+
+    def __init__(
+        self, overrides: Mapping[str, str], backend: httpcore.AsyncNetworkBackend | None = None
+    ) -> None:
+        self.overrides = {host.lower(): address for host, address in overrides.items()}
+        self._backend = backend or httpcore.AnyIOBackend()
+
+    async def connect_tcp(
+        self,
+        host: str,
+        port: int,
+        timeout: float | None = None,  # noqa: ASYNC109 - httpcore's interface
+        local_address: str | None = None,
+        socket_options: Iterable[Any] | None = None,
+    ) -> httpcore.AsyncNetworkStream:
+        return await self._backend.connect_tcp(
+            self.overrides.get(host.lower(), host),
+            port,
+            timeout=timeout,
+            local_address=local_address,
+            socket_options=socket_options,
+        )
+
+    async def connect_unix_socket(
+        self,
+        path: str,
+        timeout: float | None = None,  # noqa: ASYNC109 - httpcore's interface
+        socket_options: Iterable[Any] | None = None,
+    ) -> httpcore.AsyncNetworkStream:
+        return await self._backend.connect_unix_socket(
+            path, timeout=timeout, socket_options=socket_options
+        )
+
+    async def sleep(self, seconds: float) -> None:
+        await self._backend.sleep(seconds)
+
+
+class ResolvingTransport(httpx.AsyncHTTPTransport):
+    """``httpx.AsyncHTTPTransport`` whose pool connects through a ``ResolvingBackend``.
+
+    httpx 0.28 takes no network backend, so the pool it built is replaced by the same pool
+    with one (httpx's request/response and exception mapping stay as they are).
+    """
+
+    def __init__(
+        self, *, verify: ssl.SSLContext | bool, limits: httpx.Limits, resolve: Mapping[str, str]
+    ) -> None:
+        super().__init__(verify=verify, limits=limits, trust_env=False)
+        if not isinstance(self._pool, httpcore.AsyncConnectionPool):  # pragma: no cover
+            raise TypeError("unexpected httpx transport internals; update ResolvingTransport")
+        ssl_context = verify if isinstance(verify, ssl.SSLContext) else None
+        if ssl_context is None:
+            ssl_context = httpx.create_ssl_context(verify=verify, trust_env=False)
+        self._pool = httpcore.AsyncConnectionPool(
+            ssl_context=ssl_context,
+            max_connections=limits.max_connections,
+            max_keepalive_connections=limits.max_keepalive_connections,
+            keepalive_expiry=limits.keepalive_expiry,
+            http1=True,
+            http2=False,
+            retries=0,
+            network_backend=ResolvingBackend(resolve),
+        )
+
+
+def parse_resolve(values: Iterable[str]) -> dict[str, str]:
+    """``HOST:ADDRESS`` (or curl's ``HOST:PORT:ADDRESS``, port ignored) -> ``{HOST: ADDRESS}``."""
+    mapping: dict[str, str] = {}
+    for value in values:
+        host, sep, rest = value.partition(":")
+        if not sep or not rest:
+            raise ValueError(f"--resolve {value!r}: expected HOST:ADDRESS")
+        port, sep2, address = rest.partition(":")
+        if sep2 and port.isdigit() and address:
+            rest = address
+        mapping[host] = rest.strip("[]")
+    return mapping
+
+
+def classify_error(exc: BaseException) -> str:
+    """A short, stable name for why a request got no answer."""
+    seen: set[int] = set()
+    cause: BaseException | None = exc
+    while cause is not None and id(cause) not in seen:
+        seen.add(id(cause))
+        if isinstance(cause, ssl.SSLError):
+            return "tls_error"
+        cause = cause.__cause__ or cause.__context__
+    if isinstance(exc, TimeoutError | httpx.TimeoutException):
+        return "timeout"
+    names = {
+        httpx.ConnectError: "connect_error",
+        httpx.RemoteProtocolError: "remote_protocol_error",
+        httpx.ReadError: "read_error",
+        httpx.WriteError: "write_error",
+        httpx.CloseError: "close_error",
+        httpx.LocalProtocolError: "local_protocol_error",
+    }
+    for kind, name in names.items():
+        if isinstance(exc, kind):
+            return name
+    return f"other:{type(exc).__name__}"
+
+
+# -- results ---------------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class Sample:
+    """One request. Times are seconds since the run's start (``LoadResult.started_at``)."""
+
+    index: int
+    route: str  # "list", "get" or "create"
+    due: float
+    sent: float
+    latency: float
+    status: int | None = None
+    error: str | None = None
+    release: str | None = None
+    detail: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.status is not None and 200 <= self.status < 300
+
+    @property
+    def lag(self) -> float:
+        return max(0.0, self.sent - self.due)
+
+    @property
+    def outcome(self) -> str:
+        return str(self.status) if self.status is not None else (self.error or "unknown")
+
+
+def percentile(values: Sequence[float], q: float) -> float | None:
+    """Nearest-rank percentile of ``values`` (need not be sorted); None when empty."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    rank = max(1, math.ceil(q / 100 * len(ordered)))
+    return ordered[min(rank, len(ordered)) - 1]
+
+
+def _ms(value: float | None) -> float | None:
+    return None if value is None else round(value * 1000, 2)
+
+
+def _latency_stats(values: Sequence[float]) -> dict[str, float | None]:
+    return {
+        "p50_ms": _ms(percentile(values, 50)),
+        "p90_ms": _ms(percentile(values, 90)),
+        "p99_ms": _ms(percentile(values, 99)),
+        "max_ms": _ms(max(values) if values else None),
+    }
+
+
+@dataclass
+class LoadResult:
+    """Everything one run recorded, and the numbers derived from it."""
+
+    url: str
+    rate: float
+    timeout: float
+    started_at: float  # wall clock (epoch seconds) of t=0
+    duration: float = 0.0  # seconds from t=0 to the last answer
+    samples: list[Sample] = field(default_factory=list)
+    max_connections: int = 0
+    resolve: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def sent(self) -> int:
+        return len(self.samples)
+
+    @property
+    def failed(self) -> int:
+        return sum(1 for s in self.samples if not s.ok)
+
+    @property
+    def ok(self) -> int:
+        return self.sent - self.failed
+
+    def failures(self) -> list[Sample]:
+        return [s for s in self.samples if not s.ok]
+
+    def totals(self) -> dict[str, Any]:
+        samples = self.samples
+        lags = [s.lag for s in samples]
+        send_span = (samples[-1].sent - samples[0].sent) if len(samples) > 1 else 0.0
+        by_route: dict[str, dict[str, int]] = {}
+        for s in samples:
+            row = by_route.setdefault(s.route, {"sent": 0, "failed": 0})
+            row["sent"] += 1
+            row["failed"] += 0 if s.ok else 1
+        late = sum(1 for lag in lags if lag > LATE_THRESHOLD)
+        return {
+            "sent": self.sent,
+            "ok": self.ok,
+            "failed": self.failed,
+            "by_status": dict(Counter(str(s.status) for s in samples if s.status is not None)),
+            "by_error": dict(Counter(s.error for s in samples if s.error is not None)),
+            "by_route": by_route,
+            "target_rate": self.rate,
+            # Requests per second over the span in which they were sent.
+            "achieved_rate": round((self.sent - 1) / send_span, 2) if send_span > 0 else None,
+            "duration_s": round(self.duration, 3),
+            "latency": _latency_stats([s.latency for s in samples]),
+            "lag": {
+                "p50_ms": _ms(percentile(lags, 50)),
+                "p99_ms": _ms(percentile(lags, 99)),
+                "max_ms": _ms(max(lags) if lags else None),
+                "late": late,
+                "late_threshold_ms": LATE_THRESHOLD * 1000,
+            },
+            # The generator, not the server, could not keep the timetable.
+            "generator_behind": late > max(1, self.sent // 100),
+        }
+
+    def releases(self) -> list[dict[str, Any]]:
+        """Each ``X-App-Release`` seen, in order of first appearance, with when and how often."""
+        seen: dict[str, dict[str, Any]] = {}
+        for s in sorted(self.samples, key=lambda s: s.sent + s.latency):
+            if s.release is None:
+                continue
+            answered = round(s.sent + s.latency, 3)
+            row = seen.get(s.release)
+            if row is None:
+                seen[s.release] = {
+                    "release": s.release,
+                    "count": 1,
+                    "first_seen": answered,
+                    "last_seen": answered,
+                }
+            else:
+                row["count"] += 1
+                row["last_seen"] = answered
+        return list(seen.values())
+
+    def switches(self) -> list[dict[str, Any]]:
+        """From one release to the next (in order of first appearance): when the new one first
+        answered, when the old one last did, and how long both answered (``overlap_s``)."""
+        rows = self.releases()
+        return [
+            {
+                "from": old["release"],
+                "to": new["release"],
+                "first_new": new["first_seen"],
+                "last_old": old["last_seen"],
+                "overlap_s": round(old["last_seen"] - new["first_seen"], 3),
+            }
+            for old, new in itertools.pairwise(rows)
+        ]
+
+    def switch_time(self) -> float | None:
+        """Seconds from the start until the last release to appear first answered."""
+        rows = self.releases()
+        return rows[-1]["first_seen"] if len(rows) > 1 else None
+
+    def per_second(self) -> list[dict[str, Any]]:
+        """One row per second of sending (by the second a request was sent in)."""
+        buckets: dict[int, list[Sample]] = {}
+        for s in self.samples:
+            buckets.setdefault(int(s.sent), []).append(s)
+        rows = []
+        for second in range(max(buckets) + 1 if buckets else 0):
+            samples = buckets.get(second, [])
+            failed = [s for s in samples if not s.ok]
+            rows.append(
+                {
+                    "second": second,
+                    "time": round(self.started_at + second, 3),
+                    "sent": len(samples),
+                    "ok": len(samples) - len(failed),
+                    "failed": len(failed),
+                    **_latency_stats([s.latency for s in samples]),
+                    "lag_max_ms": _ms(max((s.lag for s in samples), default=None)),
+                    "releases": dict(Counter(s.release or "-" for s in samples)),
+                    "failures": dict(Counter(s.outcome for s in failed)),
+                }
+            )
+        return rows
+
+    def to_dict(self, *, include_samples: bool = True) -> dict[str, Any]:
+        failures = self.failures()
+        data: dict[str, Any] = {
+            "config": {
+                "url": self.url,
+                "rate": self.rate,
+                "timeout_s": self.timeout,
+                "max_connections": self.max_connections,
+                "resolve": self.resolve,
+            },
+            "started_at": self.started_at,
+            "totals": self.totals(),
+            "releases": self.releases(),
+            "switches": self.switches(),
+            "switch_time": self.switch_time(),
+            "per_second": self.per_second(),
+            "failures": [
+                {
+                    "index": s.index,
+                    "route": s.route,
+                    "sent": round(s.sent, 4),
+                    "latency_ms": _ms(s.latency),
+                    "status": s.status,
+                    "error": s.error,
+                    "release": s.release,
+                    "detail": s.detail,
+                }
+                for s in failures[:FAILURE_DETAILS]
+            ],
+        }
+        if include_samples:
+            # Columnar: about 60 bytes per request.
+            data["samples"] = {
+                "route": [s.route for s in self.samples],
+                "due": [round(s.due, 4) for s in self.samples],
+                "sent": [round(s.sent, 4) for s in self.samples],
+                "latency_ms": [_ms(s.latency) for s in self.samples],
+                "status": [s.status for s in self.samples],
+                "error": [s.error for s in self.samples],
+                "release": [s.release for s in self.samples],
+            }
+        return data
+
+    def write_json(self, path: Path | str, *, include_samples: bool = True) -> Path:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(self.to_dict(include_samples=include_samples)) + "\n")
+        return path
+
+    def summary(self) -> str:
+        t = self.totals()
+        lat, lag = t["latency"], t["lag"]
+        lines = [
+            f"{self.url}: {t['sent']} sent in {t['duration_s']} s "
+            f"(target {self.rate:g}/s, achieved {t['achieved_rate']}/s), "
+            f"{t['ok']} ok, {t['failed']} failed",
+            f"latency p50 {lat['p50_ms']} ms, p90 {lat['p90_ms']} ms, p99 {lat['p99_ms']} ms, "
+            f"max {lat['max_ms']} ms; generator lag p99 {lag['p99_ms']} ms, "
+            f"max {lag['max_ms']} ms, {lag['late']} late"
+            + (" (GENERATOR FELL BEHIND)" if t["generator_behind"] else ""),
+        ]
+        if t["failed"]:
+            kinds = dict(Counter(s.outcome for s in self.samples if not s.ok))
+            bad_seconds = [row["second"] for row in self.per_second() if row["failed"]]
+            lines.append(f"failures: {kinds} in seconds {bad_seconds[:20]}")
+        releases = ", ".join(
+            f"{r['release']} x{r['count']} ({r['first_seen']}-{r['last_seen']} s)"
+            for r in self.releases()
+        )
+        lines.append(f"releases: {releases or 'none'}")
+        if self.switch_time() is not None:
+            lines.append(f"switch: {self.switches()}")
+        return "\n".join(lines)
+
+
+# -- the generator ---------------------------------------------------------------------------
+
+
+def _new_event_loop() -> asyncio.AbstractEventLoop:
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvicorn[standard] brings it
+        return asyncio.new_event_loop()
+    loop: asyncio.AbstractEventLoop = uvloop.new_event_loop()
+    return loop
+
+
+class LoadGenerator:
+    """Open-loop load on the notes API at ``rate`` requests per second.
+
+    ``duration`` None runs until ``stop()``. ``resolve`` maps host names to addresses;
+    ``cafile`` is the CA bundle to verify TLS against (``verify=False`` turns checks off).
+    ``mix`` weighs the routes ``list``, ``get`` and ``create``; ``seed`` makes the sequence of
+    routes reproducible.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        rate: float = 200.0,
+        duration: float | None = None,
+        cafile: Path | str | None = None,
+        verify: bool = True,
+        resolve: Mapping[str, str] | None = None,
+        timeout: float = 2.0,
+        max_connections: int = 50,
+        max_in_flight: int = 2000,
+        mix: Mapping[str, float] = DEFAULT_MIX,
+        seed: int | None = 0,
+        user_agent: str = "fastapi-metal-loadgen",
+    ) -> None:
+        if rate <= 0:
+            raise ValueError("rate must be positive")
+        unknown = set(mix) - set(DEFAULT_MIX)
+        if unknown or not any(weight > 0 for weight in mix.values()):
+            raise ValueError(f"mix: weights for {sorted(DEFAULT_MIX)} expected, got {dict(mix)}")
+        self.url = url.rstrip("/")
+        self.rate = float(rate)
+        self.duration = duration
+        self.cafile = Path(cafile) if cafile is not None else None
+        self.verify = verify
+        self.resolve = dict(resolve or {})
+        self.timeout = timeout
+        self.max_connections = max_connections
+        self.max_in_flight = max_in_flight
+        self.routes = list(mix)
+        self.weights = [mix[name] for name in self.routes]
+        self.rng = random.Random(seed)
+        self.user_agent = user_agent
+        self.run_id = f"{int(time.time()):x}"
+
+        self._stop = threading.Event()
+        self._started = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._error: BaseException | None = None
+        self._note_ids: deque[int] = deque(maxlen=1000)
+        self._result: LoadResult | None = None
+        # Live counters (read from other threads; plain ints are fine under the GIL).
+        self.sent = 0
+        self.failed = 0
+
+    # -- control ----------------------------------------------------------------------------
+
+    @property
+    def result(self) -> LoadResult:
+        if self._result is None:
+            raise RuntimeError("the load generator has not run yet")
+        return self._result
+
+    def stop(self, *, wait: bool = True) -> LoadResult | None:
+        """Stop sending; with ``wait``, wait for the answers in flight and return the result."""
+        self._stop.set()
+        if wait and self._thread is not None:
+            self._thread.join(timeout=self.timeout + 30)
+            if self._thread.is_alive():  # pragma: no cover
+                raise RuntimeError("the load generator did not stop")
+            if self._error is not None:
+                raise RuntimeError(f"the load generator failed: {self._error!r}") from self._error
+        return self._result
+
+    def start(self) -> LoadGenerator:
+        """Run in a background thread; returns once the first request is due."""
+        if self._thread is not None:
+            raise RuntimeError("already started")
+        self._thread = threading.Thread(target=self._thread_main, name="loadgen", daemon=True)
+        self._thread.start()
+        if not self._started.wait(timeout=30) or self._error is not None:
+            self._stop.set()
+            raise RuntimeError(f"the load generator did not start: {self._error!r}")
+        return self
+
+    def wait_for(self, requests: int, timeout: float = 30.0) -> None:
+        """Block until ``requests`` have been sent (load is flowing before a test goes on)."""
+        deadline = time.monotonic() + timeout
+        while self.sent < requests:
+            if time.monotonic() > deadline or self._error is not None:
+                raise TimeoutError(f"only {self.sent} of {requests} requests sent: {self._error!r}")
+            time.sleep(0.02)
+
+    def __enter__(self) -> LoadGenerator:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    def run(self) -> LoadResult:
+        """Run in this thread until ``duration`` is over or ``stop()`` is called."""
+        with asyncio.Runner(loop_factory=_new_event_loop) as runner:
+            return runner.run(self.run_async())
+
+    def _thread_main(self) -> None:
+        try:
+            self.run()
+        except BaseException as exc:
+            self._error = exc
+            self._started.set()
+
+    # -- the work ---------------------------------------------------------------------------
+
+    def _ssl_context(self) -> ssl.SSLContext | bool:
+        if not self.verify:
+            return False
+        context = ssl.create_default_context(
+            cafile=str(self.cafile) if self.cafile is not None else None
+        )
+        return context
+
+    def _client(self) -> httpx.AsyncClient:
+        limits = httpx.Limits(
+            max_connections=self.max_connections,
+            max_keepalive_connections=self.max_connections,
+            keepalive_expiry=30.0,
+        )
+        verify = self._ssl_context()
+        transport: httpx.AsyncBaseTransport
+        if self.resolve:
+            transport = ResolvingTransport(verify=verify, limits=limits, resolve=self.resolve)
+        else:
+            transport = httpx.AsyncHTTPTransport(verify=verify, limits=limits, trust_env=False)
+        return httpx.AsyncClient(
+            base_url=self.url,
+            transport=transport,
+            timeout=httpx.Timeout(self.timeout),
+            headers={"User-Agent": self.user_agent},
+            trust_env=False,
+        )
+
+    async def run_async(self) -> LoadResult:
+        loop = asyncio.get_running_loop()
+        async with self._client() as client:
+            t0 = loop.time()
+            result = LoadResult(
+                url=self.url,
+                rate=self.rate,
+                timeout=self.timeout,
+                started_at=time.time(),
+                max_connections=self.max_connections,
+                resolve=self.resolve,
+            )
+            self._result = result
+            in_flight: set[asyncio.Task[None]] = set()
+            slots = asyncio.Semaphore(self.max_in_flight)
+            self._started.set()
+            index = 0
+            while not self._stop.is_set():
+                due = index / self.rate
+                if self.duration is not None and due >= self.duration:
+                    break
+                wait = due - (loop.time() - t0)
+                if wait > 0:
+                    # Short naps so stop() is noticed quickly even at low rates.
+                    await asyncio.sleep(min(wait, 0.05))
+                    continue
+                await slots.acquire()
+                task = asyncio.create_task(self._request(client, result, t0, index, due, slots))
+                in_flight.add(task)
+                task.add_done_callback(in_flight.discard)
+                index += 1
+                if wait < -0.001 and index % 50 == 0:
+                    await asyncio.sleep(0)  # catching up: let answers in between bursts
+            if in_flight:
+                await asyncio.wait(set(in_flight))
+            result.duration = loop.time() - t0
+            result.samples.sort(key=lambda s: s.index)
+        return result
+
+    def _pick(self) -> tuple[str, str, str, dict[str, Any] | None]:
+        route = self.rng.choices(self.routes, self.weights)[0]
+        if route == "get" and self._note_ids:
+            note_id = self._note_ids[self.rng.randrange(len(self._note_ids))]
+            return route, "GET", f"/notes/{note_id}", None
+        if route == "create":
+            return route, "POST", "/notes", {"title": "loadgen", "body": "open-loop load"}
+        return "list" if route == "get" else route, "GET", "/notes?limit=5", None
+
+    async def _request(
+        self,
+        client: httpx.AsyncClient,
+        result: LoadResult,
+        t0: float,
+        index: int,
+        due: float,
+        slots: asyncio.Semaphore,
+    ) -> None:
+        loop = asyncio.get_running_loop()
+        route, method, path, body = self._pick()
+        sent = loop.time() - t0
+        status: int | None = None
+        error: str | None = None
+        release: str | None = None
+        detail: str | None = None
+        try:
+            async with asyncio.timeout(self.timeout):
+                response = await client.request(
+                    method,
+                    path,
+                    json=body,
+                    headers={"X-Request-ID": f"lg-{self.run_id}-{index}"},
+                )
+            status = response.status_code
+            release = response.headers.get(RELEASE_HEADER)
+            if status == 201 and route == "create":
+                note_id = response.json().get("id")
+                if isinstance(note_id, int):
+                    self._note_ids.append(note_id)
+            elif not 200 <= status < 300:
+                detail = response.text[:200]
+        except Exception as exc:
+            error = classify_error(exc)
+            detail = f"{type(exc).__name__}: {exc}"[:300]
+        finally:
+            slots.release()
+        latency = loop.time() - t0 - sent
+        sample = Sample(index, route, due, sent, latency, status, error, release, detail)
+        result.samples.append(sample)
+        self.sent += 1
+        if not sample.ok:
+            self.failed += 1
+
+
+# -- command line ----------------------------------------------------------------------------
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m tests.lab.loadgen",
+        description="Open-loop load on the notes API; exits 1 if any request failed.",
+    )
+    parser.add_argument("--url", required=True, help="base URL, e.g. https://app.lab.test")
+    parser.add_argument("--rate", type=float, default=200.0, help="requests per second")
+    parser.add_argument(
+        "--duration", type=float, default=60.0, help="seconds; 0 = until SIGINT/SIGTERM"
+    )
+    parser.add_argument("--cafile", type=Path, help="CA bundle to verify TLS against")
+    parser.add_argument("--insecure", action="store_true", help="do not verify TLS")
+    parser.add_argument(
+        "--resolve",
+        action="append",
+        default=[],
+        metavar="HOST:ADDRESS",
+        help="connect to ADDRESS for HOST (repeatable; curl's HOST:PORT:ADDRESS works too)",
+    )
+    parser.add_argument("--timeout", type=float, default=2.0, help="per request, total")
+    parser.add_argument("--connections", type=int, default=50, help="keep-alive pool size")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", type=Path, help="write the full result as JSON here")
+    parser.add_argument("--no-samples", action="store_true", help="leave raw samples out of --out")
+    args = parser.parse_args(argv)
+
+    generator = LoadGenerator(
+        args.url,
+        rate=args.rate,
+        duration=args.duration or None,
+        cafile=args.cafile,
+        verify=not args.insecure,
+        resolve=parse_resolve(args.resolve),
+        timeout=args.timeout,
+        max_connections=args.connections,
+        seed=args.seed,
+    )
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: generator.stop(wait=False))
+    result = generator.run()
+    if args.out is not None:
+        result.write_json(args.out, include_samples=not args.no_samples)
+    print(result.summary())
+    return 1 if result.failed or not result.sent else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
