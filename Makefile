@@ -16,6 +16,7 @@ MOLECULE_SCENARIOS ?= base postgresql fastapi_app edge cluster
 export CONTAINERS_CONF := $(CURDIR)/lab/containers.conf
 export ANSIBLE_CONFIG  := $(CURDIR)/ansible.cfg
 export PATH := $(CURDIR)/$(BIN):$(PATH)
+export SSLYZE := $(CURDIR)/.venv-sslyze/bin/sslyze
 
 .PHONY: help setup lab lab-up lab-down lab-status lint test test-app test-molecule clean
 
@@ -35,7 +36,13 @@ $(STAMPS)/venv: pyproject.toml constraints.txt $(STAMPS)/apt
 	$(BIN)/pip install -q -c constraints.txt -e '.[dev]'
 	touch $@
 
-setup: $(STAMPS)/venv  ## Install apt packages and the project venv (.venv)
+# sslyze pins an older cryptography than ansible-core's: it gets a venv of its own.
+$(STAMPS)/sslyze: $(STAMPS)/apt
+	[ -x .venv-sslyze/bin/python ] || $(PYTHON) -m venv .venv-sslyze
+	.venv-sslyze/bin/pip install -q 'sslyze==6.3.1'
+	touch $@
+
+setup: $(STAMPS)/venv $(STAMPS)/sslyze  ## Install apt packages, the project venv (.venv) and sslyze's
 
 lab-up: setup  ## Build the lab image (cached) and bring the lab hosts up
 	$(PYTHON) lab/lab.py up
@@ -77,4 +84,4 @@ test-molecule: setup  ## molecule test for every scenario in MOLECULE_SCENARIOS
 test: lint test-app test-molecule  ## The whole suite, as CI runs it
 
 clean: lab-down  ## Remove the lab, the venv and caches
-	rm -rf $(VENV) .lab .pytest_cache .mypy_cache .ruff_cache .ansible
+	rm -rf $(VENV) .venv-sslyze .lab .pytest_cache .mypy_cache .ruff_cache .ansible
