@@ -1,0 +1,255 @@
+"""Rolling upgrades that drop nothing, on the converged lab, with load running through the
+edge over HTTPS: the A->B upgrade, a broken release, a failing and a destructive migration,
+a rollback, the deploy lock and the audit log. Tests run in file order and build on each
+other (A is what site.yml deployed; B..E are variants of this tree, tests/lab/releases.py).
+
+Per-second load figures go to .lab/results/*.json (the benchmark reuses them)."""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.lab.ansible_run import ROOT, PlaybookRun, lab_exec, run_playbook, start_playbook
+from tests.lab.cluster.conftest import APP_HOSTS, LB_IP, SITE
+from tests.lab.loadgen import LoadGenerator, LoadResult
+from tests.lab.releases import make_release, read_release_info
+
+RESULTS = ROOT / ".lab" / "results"
+LOCK = "/var/lib/fastapi-metal/notes/deploy.lock"
+AUDIT = "/var/log/fastapi-metal/notes-deploys.jsonl"
+RATE = 200
+# The A->B run keeps the load going at least this long (>= 10,000 requests at 200/s),
+# whatever the rollout takes: the rollout is never slowed down to collect more.
+MIN_LOAD_SECONDS = 55
+
+
+def current_release(host: str) -> str:
+    return lab_exec(host, "readlink /opt/notes/current").stdout.strip().rsplit("/", 1)[1]
+
+
+def main_pid_since(host: str) -> str:
+    """When the service's main process started: changes with every restart."""
+    return lab_exec(
+        host, "systemctl show -p ExecMainStartTimestampMonotonic --value notes"
+    ).stdout.strip()
+
+
+def db_revision() -> str:
+    return lab_exec(
+        "db1", "runuser -u postgres -- psql -tAc 'select version_num from alembic_version' notes"
+    ).stdout.strip()
+
+
+def audit_lines(host: str) -> list[dict[str, Any]]:
+    out = lab_exec(host, f"cat {AUDIT}", check=False).stdout
+    return [json.loads(line) for line in out.splitlines() if line.strip()]
+
+
+def release_id(run: PlaybookRun, source: Path) -> str:
+    """The release id the build gave `source` (version-hash)."""
+    version = read_release_info(source).version
+    found = re.findall(rf"({re.escape(version)}-[0-9a-f]{{10}})", run.output)
+    assert found, f"no release id of version {version} in the playbook output"
+    return found[-1]
+
+
+def healthy_after(run: PlaybookRun) -> dict[str, float]:
+    """Each host's restart-to-healthy time, from the health gate's message."""
+    return {
+        m[1]: float(m[2])
+        for m in re.finditer(
+            r"(app\d+) serves \S+: healthy ([\d.]+) s after its restart", run.output
+        )
+    }
+
+
+@pytest.fixture(scope="module")
+def releases(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    base = tmp_path_factory.mktemp("releases")
+    return {
+        "B": make_release(base / "b", "additive", "0.2.0"),
+        "C": make_release(base / "c", ["additive", "broken-health"], "0.3.0"),
+        "D": make_release(base / "d", ["additive", "failing-migration"], "0.4.0"),
+        "E": make_release(base / "e", ["additive", "destructive"], "0.5.0"),
+    }
+
+
+@pytest.fixture(scope="module")
+def state() -> dict[str, Any]:
+    """What earlier tests learned (release ids, run ids), for the later ones."""
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    return {"A": current_release("app1")}
+
+
+@pytest.fixture
+def load(pebble_roots: Path) -> Iterator[LoadGenerator]:
+    gen = LoadGenerator(
+        f"https://{SITE}", rate=RATE, cafile=pebble_roots, resolve={SITE: LB_IP}, timeout=2.0
+    )
+    with gen:
+        gen.wait_for(RATE * 3, timeout=30)  # steady traffic before anything starts
+        yield gen
+
+
+def finish(
+    load: LoadGenerator, name: str, min_seconds: float = 0.0, after: float = 5.0
+) -> LoadResult:
+    """Keep the load on `after` s more (and `min_seconds` in all), stop it, record it."""
+    done = time.monotonic()
+    while time.monotonic() - done < after or load.sent < min_seconds * RATE:
+        time.sleep(0.5)
+    result = load.stop()
+    assert result is not None
+    result.write_json(RESULTS / f"{name}.json")
+    print(f"\n--- load during {name} ---\n{result.summary()}")
+    return result
+
+
+def assert_nothing_failed(result: LoadResult) -> None:
+    failures = result.failures()
+    assert result.failed == 0, f"{result.failed} failed requests, first: {failures[:5]}"
+    assert not result.totals()["generator_behind"], result.totals()
+
+
+def test_a_rolling_upgrade_a_to_b_under_load_drops_nothing(
+    load: LoadGenerator, releases: dict[str, Path], state: dict[str, Any]
+) -> None:
+    run = run_playbook("rolling_upgrade.yml", extra={"fastapi_app_source": str(releases["B"])})
+    result = finish(load, "rolling-a-to-b", min_seconds=MIN_LOAD_SECONDS)
+    assert run.rc == 0, run.tail()
+    state["B"] = b = release_id(run, releases["B"])
+    print(f"rollout {run.seconds:.1f} s; restart-to-healthy per host: {healthy_after(run)}")
+
+    assert result.sent >= 10_000, result.totals()
+    assert_nothing_failed(result)
+    seen = [row["release"] for row in result.releases()]
+    assert seen == [state["A"], b], seen
+    assert result.per_second()[-1]["releases"] == [b]
+
+    # The migration ran once, from the new release, before any restart.
+    assert run.output.count('"event":"migrate"') == 1, "the migration must run exactly once"
+    assert re.search(r'"event":"migrate".*"changed":true', run.output)
+    assert db_revision() == read_release_info(releases["B"]).head
+    for host in APP_HOSTS:
+        assert current_release(host) == b
+        kept = lab_exec(host, "ls /opt/notes/releases").stdout.split()
+        assert state["A"] in kept and b in kept
+        assert lab_exec(host, "readlink /opt/notes/previous").stdout.strip().endswith(state["A"])
+
+
+def test_b_broken_release_stops_at_the_first_host_which_goes_back(
+    load: LoadGenerator, releases: dict[str, Path], state: dict[str, Any]
+) -> None:
+    before_app2 = main_pid_since("app2")
+    run = run_playbook("rolling_upgrade.yml", extra={"fastapi_app_source": str(releases["C"])})
+    result = finish(load, "rolling-broken-c")
+    assert run.rc != 0, "a release that fails its health gate must stop the run"
+    state["C"] = c = release_id(run, releases["C"])
+    first = next(iter(APP_HOSTS))
+    assert f"stopped at {first}" in run.output
+    assert c in run.output and "last health answer: 503" in run.output.replace("\n", " ")
+    assert current_release("app1") == state["B"], "the failed host is back on B"
+    assert current_release("app2") == state["B"]
+    assert main_pid_since("app2") == before_app2, "the second host was never touched"
+    assert_nothing_failed(result)
+    assert {row["release"] for row in result.releases()} == {state["B"]}
+    assert lab_exec("app1", "readlink /opt/notes/previous").stdout.strip().endswith(state["A"])
+
+
+def test_c_failing_migration_restarts_nothing(
+    releases: dict[str, Path], state: dict[str, Any]
+) -> None:
+    started = {host: main_pid_since(host) for host in APP_HOSTS}
+    run = run_playbook("rolling_upgrade.yml", extra={"fastapi_app_source": str(releases["D"])})
+    assert run.rc != 0
+    state["D"] = release_id(run, releases["D"])
+    assert "migration of" in run.output and "failed" in run.output
+    assert {host: main_pid_since(host) for host in APP_HOSTS} == started, "no host restarted"
+    assert db_revision() == read_release_info(releases["B"]).head, "schema still at B's head"
+    assert all(current_release(host) == state["B"] for host in APP_HOSTS)
+
+
+def test_d_destructive_migration_is_refused_without_the_flag(
+    releases: dict[str, Path], state: dict[str, Any]
+) -> None:
+    started = {host: main_pid_since(host) for host in APP_HOSTS}
+    run = run_playbook("rolling_upgrade.yml", extra={"fastapi_app_source": str(releases["E"])})
+    assert run.rc != 0
+    state["E"] = release_id(run, releases["E"])
+    flat = " ".join(run.output.split())
+    assert "migrates the schema destructively" in flat and "DROP COLUMN" in flat
+    assert "fastapi_app_allow_destructive_migrations=true" in flat
+    assert {host: main_pid_since(host) for host in APP_HOSTS} == started
+    assert db_revision() == read_release_info(releases["B"]).head
+
+
+def test_e_rollback_to_the_previous_release_drops_nothing(
+    load: LoadGenerator, state: dict[str, Any]
+) -> None:
+    revision = db_revision()
+    run = run_playbook("rollback.yml")
+    result = finish(load, "rollback-b-to-a")
+    assert run.rc == 0, run.tail()
+    print(f"rollback {run.seconds:.1f} s; restart-to-healthy per host: {healthy_after(run)}")
+    assert all(current_release(host) == state["A"] for host in APP_HOSTS)
+    assert_nothing_failed(result)
+    assert [row["release"] for row in result.releases()] == [state["B"], state["A"]]
+    assert db_revision() == revision, "a rollback does not touch the schema"
+
+
+def test_f_a_concurrent_deploy_is_refused_by_the_lock(
+    releases: dict[str, Path], state: dict[str, Any]
+) -> None:
+    first = start_playbook(
+        "rolling_upgrade.yml",
+        extra={"fastapi_app_source": str(releases["B"]), "fastapi_app_keep_releases": 2},
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while lab_exec("app1", f"test -f {LOCK}", check=False).returncode != 0:
+            assert first.poll() is None, "the first deploy ended before taking the lock"
+            assert time.monotonic() < deadline, "the first deploy never took the lock"
+            time.sleep(0.2)
+        second = run_playbook("rollback.yml")
+        assert second.rc != 0
+        flat = " ".join(second.output.split())
+        assert "Another deploy holds the lock" in flat and "fastapi_app_break_lock=true" in flat
+        holder = json.loads(lab_exec("app1", f"cat {LOCK}", check=False).stdout or "{}")
+        if holder:  # the first deploy may have finished meanwhile
+            assert holder["action"] == "deploy" and holder["who"] in flat
+    finally:
+        out, _ = first.communicate(timeout=600)
+    assert first.returncode == 0, out[-4000:]
+    assert all(current_release(host) == state["B"] for host in APP_HOSTS)
+    assert lab_exec("app1", f"test -e {LOCK}", check=False).returncode != 0, "the lock is released"
+
+    # keep_releases=2: the newest two, plus the live (B) and previous (A) ones, are kept.
+    for host in APP_HOSTS:
+        kept = set(lab_exec(host, "ls /opt/notes/releases").stdout.split())
+        assert {state["A"], state["B"]} <= kept, kept
+        assert len(kept) <= 4 and state["C"] not in kept, kept
+
+
+def test_g_the_audit_log_has_a_line_for_every_run(state: dict[str, Any]) -> None:
+    for host in APP_HOSTS:
+        lines = audit_lines(host)
+        outcomes = [(line["action"], line["to_release"], line["outcome"]) for line in lines]
+        print(f"{host} audit: {outcomes}")
+        assert ("deploy", state["B"], "success") in outcomes
+        assert ("deploy", state["C"], "reverted" if host == "app1" else "untouched") in outcomes
+        assert ("deploy", state["D"], "untouched") in outcomes
+        assert ("deploy", state["E"], "untouched") in outcomes
+        assert ("rollback", state["A"], "success") in outcomes
+        for line in lines:
+            assert {"who", "started", "finished", "duration_s", "from_release"} <= set(line)
+    controller = Path("~/.local/state/fastapi-metal/deploys.jsonl").expanduser()
+    assert controller.exists()
+    summary = [json.loads(x) for x in controller.read_text().splitlines() if x.strip()]
+    assert any(s["to_release"] == state["C"] and s["outcome"] == "failed" for s in summary)
