@@ -7,6 +7,7 @@ before the venv's editable install), against the throwaway PostgreSQL.
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import tomllib
@@ -15,6 +16,7 @@ from pathlib import Path
 
 import psycopg
 import pytest
+import yaml  # type: ignore[import-untyped]  # no types-PyYAML in the venv
 from sqlalchemy.engine import make_url
 
 from tests.app.conftest import ClientFactory
@@ -217,6 +219,36 @@ def test_destructive_and_renaming_plans_show_drop_and_rename(
     # A plan is only a plan.
     assert _version(database_url) == ["0003"]
     assert "color" in _columns(database_url)
+
+
+def _role_destructive_patterns(repo_root: Path) -> re.Pattern[str]:
+    """The deploy role's scan, as ``roles/fastapi_app/tasks/plan.yml`` applies it."""
+    defaults = repo_root / "roles" / "fastapi_app" / "defaults" / "main.yml"
+    if not defaults.exists():
+        pytest.skip("the fastapi_app role is not in this tree")
+    patterns = yaml.safe_load(defaults.read_text()).get("fastapi_app_destructive_patterns")
+    if not patterns:
+        pytest.skip("fastapi_app_destructive_patterns is not set in the role's defaults")
+    return re.compile("(?i)" + "|".join(patterns))
+
+
+def test_the_deploy_roles_scan_flags_exactly_the_destructive_variants(
+    releases: dict[str, Path], database_url: str, repo_root: Path
+) -> None:
+    scan = _role_destructive_patterns(repo_root)
+    assert _migrate(releases["A"], "upgrade", database_url=database_url).returncode == 0
+    flagged = {}
+    for name in "BCDEF":
+        plan = _migrate(releases[name], "plan", database_url=database_url)
+        assert plan.returncode == 0, plan.stderr
+        flagged[name] = [line for line in plan.stdout.splitlines() if scan.search(line)]
+    assert flagged == {
+        "B": [],
+        "C": [],
+        "D": [],
+        "E": ["ALTER TABLE notes DROP COLUMN color;"],
+        "F": ["ALTER TABLE notes RENAME color TO color_renamed;"],
+    }
 
 
 def test_destructive_without_additive_drops_an_existing_column(tmp_path: Path) -> None:
