@@ -13,8 +13,8 @@ is any status outside 2xx, a connection error, a TLS error or a timeout.
 Recorded per request: when it was due and sent, its latency, its status (or error kind) and
 the ``X-App-Release`` header. ``LoadResult`` adds up totals, releases in order of first
 appearance and when the traffic switched between them, and one row per second (sent, ok,
-failed, p50/p90/p99/max latency, releases seen); ``write_json()`` keeps all of it, raw samples
-included, for the benchmark; ``summary()`` is a few printable lines.
+failed, p50/p90/p99/max latency, the releases seen and how often); ``write_json()`` keeps all
+of it, raw samples included, for the benchmark; ``summary()`` is a few printable lines.
 
 TLS is verified against ``cafile`` (the lab passes pebble's chain). ``resolve`` maps a host
 name to the address to connect to (``{"app.lab.test": "10.89.50.10"}``) at the socket level:
@@ -345,6 +345,7 @@ class LoadResult:
         rows = []
         for second in range(max(buckets) + 1 if buckets else 0):
             samples = buckets.get(second, [])
+            answered = sorted(samples, key=lambda s: s.sent + s.latency)
             failed = [s for s in samples if not s.ok]
             rows.append(
                 {
@@ -355,7 +356,11 @@ class LoadResult:
                     "failed": len(failed),
                     **_latency_stats([s.latency for s in samples]),
                     "lag_max_ms": _ms(max((s.lag for s in samples), default=None)),
-                    "releases": dict(Counter(s.release or "-" for s in samples)),
+                    # In order of first answer within the second; "-": no release header.
+                    "releases": list(
+                        dict.fromkeys(s.release for s in answered if s.release is not None)
+                    ),
+                    "release_counts": dict(Counter(s.release or "-" for s in answered)),
                     "failures": dict(Counter(s.outcome for s in failed)),
                 }
             )
