@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from tests.lab.ansible_run import ROOT, PlaybookRun, lab_exec, run_playbook, start_playbook
 from tests.lab.cluster.conftest import APP_HOSTS, LB_IP, SITE
@@ -52,12 +55,8 @@ def audit_lines(host: str) -> list[dict[str, Any]]:
     return [json.loads(line) for line in out.splitlines() if line.strip()]
 
 
-def release_id(run: PlaybookRun, source: Path) -> str:
-    """The release id the build gave `source` (version-hash)."""
-    version = read_release_info(source).version
-    found = re.findall(rf"({re.escape(version)}-[0-9a-f]{{10}})", run.output)
-    assert found, f"no release id of version {version} in the playbook output"
-    return found[-1]
+def head_of(release: dict[str, object]) -> str:
+    return read_release_info(Path(str(release["fastapi_app_source"]))).head
 
 
 def healthy_after(run: PlaybookRun) -> dict[str, float]:
@@ -70,14 +69,31 @@ def healthy_after(run: PlaybookRun) -> dict[str, float]:
     }
 
 
+def build(source: Path) -> dict[str, object]:
+    """Build a release the way the role does (files/build_release.py), before any load runs:
+    deploys then name it (fastapi_app_release) and find it built, as when CI builds once."""
+    defaults = yaml.safe_load((ROOT / "roles/fastapi_app/defaults/main.yml").read_text())
+    cmd = [
+        sys.executable, str(ROOT / "roles/fastapi_app/files/build_release.py"),
+        "--name", "notes", "--source", str(source),
+        "--cache", str(Path(defaults["fastapi_app_build_cache"]).expanduser()),
+        "--constraints", str(ROOT / "constraints.txt"),
+        *(f"--server={req}" for req in defaults["fastapi_app_server_requirements"]),
+    ]  # fmt: skip
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True)
+    built = json.loads(out.stdout)
+    return {"fastapi_app_source": str(source), "fastapi_app_release": built["release"]}
+
+
 @pytest.fixture(scope="module")
-def releases(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+def releases(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, object]]:
+    """B..E as extra vars of a deploy: source and the release id it was built as."""
     base = tmp_path_factory.mktemp("releases")
     return {
-        "B": make_release(base / "b", "additive", "0.2.0"),
-        "C": make_release(base / "c", ["additive", "broken-health"], "0.3.0"),
-        "D": make_release(base / "d", ["additive", "failing-migration"], "0.4.0"),
-        "E": make_release(base / "e", ["additive", "destructive"], "0.5.0"),
+        "B": build(make_release(base / "b", "additive", "0.2.0")),
+        "C": build(make_release(base / "c", ["additive", "broken-health"], "0.3.0")),
+        "D": build(make_release(base / "d", ["additive", "failing-migration"], "0.4.0")),
+        "E": build(make_release(base / "e", ["additive", "destructive"], "0.5.0")),
     }
 
 
@@ -90,9 +106,12 @@ def state() -> dict[str, Any]:
 
 @pytest.fixture
 def load(pebble_roots: Path) -> Iterator[LoadGenerator]:
+    # Many clients, not one pool: up to rate x timeout connections, so a server hiccup is
+    # measured as latency instead of being amplified by a client-side connection queue.
     gen = LoadGenerator(
-        f"https://{SITE}", rate=RATE, cafile=pebble_roots, resolve={SITE: LB_IP}, timeout=2.0
-    )
+        f"https://{SITE}", rate=RATE, cafile=pebble_roots, resolve={SITE: LB_IP}, timeout=2.0,
+        max_connections=int(RATE * 2.0),
+    )  # fmt: skip
     with gen:
         gen.wait_for(RATE * 3, timeout=30)  # steady traffic before anything starts
         yield gen
@@ -119,12 +138,12 @@ def assert_nothing_failed(result: LoadResult) -> None:
 
 
 def test_a_rolling_upgrade_a_to_b_under_load_drops_nothing(
-    load: LoadGenerator, releases: dict[str, Path], state: dict[str, Any]
+    releases: dict[str, dict[str, object]], state: dict[str, Any], load: LoadGenerator
 ) -> None:
-    run = run_playbook("rolling_upgrade.yml", extra={"fastapi_app_source": str(releases["B"])})
+    run = run_playbook("rolling_upgrade.yml", extra=releases["B"])
     result = finish(load, "rolling-a-to-b", min_seconds=MIN_LOAD_SECONDS)
     assert run.rc == 0, run.tail()
-    state["B"] = b = release_id(run, releases["B"])
+    state["B"] = b = str(releases["B"]["fastapi_app_release"])
     print(f"rollout {run.seconds:.1f} s; restart-to-healthy per host: {healthy_after(run)}")
 
     assert result.sent >= 10_000, result.totals()
@@ -136,7 +155,7 @@ def test_a_rolling_upgrade_a_to_b_under_load_drops_nothing(
     # The migration ran once, from the new release, before any restart.
     assert run.output.count('"event":"migrate"') == 1, "the migration must run exactly once"
     assert re.search(r'"event":"migrate".*"changed":true', run.output)
-    assert db_revision() == read_release_info(releases["B"]).head
+    assert db_revision() == head_of(releases["B"])
     for host in APP_HOSTS:
         assert current_release(host) == b
         kept = lab_exec(host, "ls /opt/notes/releases").stdout.split()
@@ -145,13 +164,13 @@ def test_a_rolling_upgrade_a_to_b_under_load_drops_nothing(
 
 
 def test_b_broken_release_stops_at_the_first_host_which_goes_back(
-    load: LoadGenerator, releases: dict[str, Path], state: dict[str, Any]
+    releases: dict[str, dict[str, object]], state: dict[str, Any], load: LoadGenerator
 ) -> None:
     before_app2 = main_pid_since("app2")
-    run = run_playbook("rolling_upgrade.yml", extra={"fastapi_app_source": str(releases["C"])})
+    run = run_playbook("rolling_upgrade.yml", extra=releases["C"])
     result = finish(load, "rolling-broken-c")
     assert run.rc != 0, "a release that fails its health gate must stop the run"
-    state["C"] = c = release_id(run, releases["C"])
+    state["C"] = c = str(releases["C"]["fastapi_app_release"])
     first = next(iter(APP_HOSTS))
     assert f"stopped at {first}" in run.output
     assert c in run.output and "last health answer: 503" in run.output.replace("\n", " ")
@@ -164,34 +183,34 @@ def test_b_broken_release_stops_at_the_first_host_which_goes_back(
 
 
 def test_c_failing_migration_restarts_nothing(
-    releases: dict[str, Path], state: dict[str, Any]
+    releases: dict[str, dict[str, object]], state: dict[str, Any]
 ) -> None:
     started = {host: main_pid_since(host) for host in APP_HOSTS}
-    run = run_playbook("rolling_upgrade.yml", extra={"fastapi_app_source": str(releases["D"])})
+    run = run_playbook("rolling_upgrade.yml", extra=releases["D"])
     assert run.rc != 0
-    state["D"] = release_id(run, releases["D"])
+    state["D"] = releases["D"]["fastapi_app_release"]
     assert "migration of" in run.output and "failed" in run.output
     assert {host: main_pid_since(host) for host in APP_HOSTS} == started, "no host restarted"
-    assert db_revision() == read_release_info(releases["B"]).head, "schema still at B's head"
+    assert db_revision() == head_of(releases["B"]), "schema still at B's head"
     assert all(current_release(host) == state["B"] for host in APP_HOSTS)
 
 
 def test_d_destructive_migration_is_refused_without_the_flag(
-    releases: dict[str, Path], state: dict[str, Any]
+    releases: dict[str, dict[str, object]], state: dict[str, Any]
 ) -> None:
     started = {host: main_pid_since(host) for host in APP_HOSTS}
-    run = run_playbook("rolling_upgrade.yml", extra={"fastapi_app_source": str(releases["E"])})
+    run = run_playbook("rolling_upgrade.yml", extra=releases["E"])
     assert run.rc != 0
-    state["E"] = release_id(run, releases["E"])
+    state["E"] = releases["E"]["fastapi_app_release"]
     flat = " ".join(run.output.split())
     assert "migrates the schema destructively" in flat and "DROP COLUMN" in flat
     assert "fastapi_app_allow_destructive_migrations=true" in flat
     assert {host: main_pid_since(host) for host in APP_HOSTS} == started
-    assert db_revision() == read_release_info(releases["B"]).head
+    assert db_revision() == head_of(releases["B"])
 
 
 def test_e_rollback_to_the_previous_release_drops_nothing(
-    load: LoadGenerator, state: dict[str, Any]
+    state: dict[str, Any], load: LoadGenerator
 ) -> None:
     revision = db_revision()
     run = run_playbook("rollback.yml")
@@ -205,11 +224,11 @@ def test_e_rollback_to_the_previous_release_drops_nothing(
 
 
 def test_f_a_concurrent_deploy_is_refused_by_the_lock(
-    releases: dict[str, Path], state: dict[str, Any]
+    releases: dict[str, dict[str, object]], state: dict[str, Any]
 ) -> None:
     first = start_playbook(
         "rolling_upgrade.yml",
-        extra={"fastapi_app_source": str(releases["B"]), "fastapi_app_keep_releases": 2},
+        extra={**releases["B"], "fastapi_app_keep_releases": 2},
     )
     try:
         deadline = time.monotonic() + 120
