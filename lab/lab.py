@@ -391,7 +391,12 @@ def cmd_up(args: argparse.Namespace) -> None:
     for host in want:
         state = container_state(host.name)
         current = podman("inspect", host.name, "--format", "{{.ImageName}}", check=False).stdout
-        if state == "running" and current.strip() == host.image:
+        mounts = podman(
+            "inspect", host.name, "--format", "{{range .Mounts}}{{.Source}} {{end}}", check=False
+        ).stdout.split()
+        # Another checkout's lab (its own key and pebble PKI) is not ours to reuse.
+        ours = str(key.parent / "authorized_keys") in mounts
+        if state == "running" and current.strip() == host.image and ours:
             continue
         if state != "absent":
             log(f"{host.name} is {state}: recreating it")
