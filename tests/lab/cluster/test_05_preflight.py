@@ -1,0 +1,92 @@
+"""Bad inventories against the lab (issue #7): every case of the matrix fails in the
+controller-side preflight, naming the variable and the expected form, and no lab host is
+touched. The runs cannot reach a host at all - ssh is replaced by a recorder that connects
+nowhere - and the proof does not rest on that alone: each host's deployed state (releases,
+links, config files and their mtimes, service start times) is the same after the matrix."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.lab.ansible_run import lab_exec
+from tests.security.preflight_cases import (
+    CASES,
+    LAB,
+    Case,
+    IsolatedRun,
+    NoSshRunner,
+    assert_stopped_in_preflight,
+)
+
+LAB_DB_PASSWORD = "lab-db-pass-1"  # inventories/lab/group_vars/all.yml
+
+# What a run that got past preflight would change first, per host (podman exec, not ssh).
+STATE = {
+    "app1": "/opt/notes/releases /opt/notes/releases/* /opt/notes/current /opt/notes/previous "
+    "/etc/notes/env /etc/notes/gunicorn.conf.py /etc/systemd/system/notes.service "
+    "/etc/systemd/system/notes.socket /etc/nftables.conf",
+    "lb1": "/etc/nginx/nginx.conf /etc/nftables.conf /etc/letsencrypt/live",
+    "db1": "/etc/postgresql/15/main/pg_hba.conf /etc/postgresql/15/main/conf.d/* "
+    "/etc/nftables.conf",
+}
+STATE["app2"] = STATE["app1"]
+SERVICES = {"app1": "notes", "app2": "notes", "lb1": "nginx", "db1": "postgresql@15-main"}
+
+
+def lab_state() -> dict[str, str]:
+    state = {}
+    for host, paths in STATE.items():
+        out = lab_exec(
+            host,
+            f"stat -c '%n %y %s %a %U:%G %N' {paths} 2>&1; readlink /opt/notes/current 2>&1;"
+            f" systemctl show {SERVICES[host]} -p ExecMainStartTimestamp -p ActiveState",
+        )
+        state[host] = out.stdout
+    return state
+
+
+@pytest.fixture(scope="module")
+def before() -> dict[str, str]:
+    return lab_state()
+
+
+@pytest.fixture(scope="module")
+def runner(tmp_path_factory: pytest.TempPathFactory) -> NoSshRunner:
+    return NoSshRunner(tmp_path_factory.mktemp("nossh"), LAB)
+
+
+@pytest.fixture(scope="module")
+def matrix(before: dict[str, str], runner: NoSshRunner) -> dict[str, IsolatedRun]:
+    results = runner.run_cases(CASES)
+    total = sum(r.run.seconds for r in results.values())
+    print(f"\n{len(results)} bad inventories, {total:.1f} s of ansible-playbook in all")
+    return results
+
+
+def test_the_matrix_has_at_least_12_bad_inventories() -> None:
+    assert len(CASES) >= 12
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
+def test_bad_inventory_fails_in_preflight(case: Case, matrix: dict[str, IsolatedRun]) -> None:
+    result = matrix[case.id]
+    print(f"{case.id}: rc={result.run.rc} in {result.run.seconds:.1f} s, recap {result.run.recap}")
+    assert_stopped_in_preflight(result, case, secrets=[LAB_DB_PASSWORD])
+
+
+def test_no_lab_host_changed_during_the_matrix(
+    before: dict[str, str], matrix: dict[str, IsolatedRun]
+) -> None:
+    assert matrix
+    after = lab_state()
+    for host in STATE:
+        assert after[host] == before[host], f"{host} changed:\n{before[host]}\n---\n{after[host]}"
+
+
+def test_the_good_lab_inventory_gets_past_preflight_to_the_recorder(runner: NoSshRunner) -> None:
+    # Without this, "no ssh attempt" could mean a recorder that sees nothing.
+    result = runner.run("site.yml")
+    assert result.run.rc != 0
+    for ip in ("10.89.50.10", "10.89.50.20", "10.89.50.31", "10.89.50.32"):
+        assert any(ip in line.split() for line in result.ssh_attempts), (ip, result.ssh_attempts)
+    assert all(r["unreachable"] == 1 for r in result.run.recap.values()), result.run.recap
