@@ -1,0 +1,298 @@
+"""Security of the converged lab (issue #7), checked as an outsider and as an operator would:
+secrets never in Ansible's output nor in any journal or log, the env file private, the app
+unit running as its user and able to write only its state and runtime paths, the network
+closed to hosts outside the allowed groups (`acme` is on the lab network and in no group),
+/metrics not public, PostgreSQL scram-sha-256 only on its private address, the app's role
+owning its database and nothing else."""
+
+from __future__ import annotations
+
+import json
+import re
+import secrets
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.lab.ansible_run import ROOT, lab_exec, run_playbook
+from tests.lab.cluster.conftest import APP_HOSTS, LB_IP, SITE
+
+LAB_DB_PASSWORD = "lab-db-pass-1"  # inventories/lab/group_vars/all.yml
+DB_IP = "10.89.50.20"
+OUTSIDER = "acme"  # on the lab network, in no inventory group
+APP = "notes"
+# A second secret, given only to the check run below: it must not surface anywhere either.
+NEW_SECRET = f"fm-sec-{secrets.token_hex(12)}"
+
+PROBE = r"""
+import json, socket, sys
+from concurrent.futures import ThreadPoolExecutor
+def probe(target):
+    host, port = target.rsplit(":", 1)
+    s = socket.socket(); s.settimeout(1.5)
+    try:
+        s.connect((host, int(port))); return target, "open"
+    except ConnectionRefusedError: return target, "refused"
+    except OSError: return target, "timeout"
+    finally: s.close()
+with ThreadPoolExecutor(16) as pool:
+    print(json.dumps(dict(pool.map(probe, sys.argv[1:]))))
+"""
+
+
+def probe(source: str, *targets: str) -> dict[str, str]:
+    """TCP connect from a lab container: open, refused (nothing listens) or timeout (dropped)."""
+    out = lab_exec(source, f"python3 -c '{PROBE}' {' '.join(targets)}")
+    return json.loads(out.stdout)
+
+
+def listening_tcp_ports(host: str) -> set[int]:
+    out = lab_exec(host, "ss -Htln").stdout
+    return {int(line.split()[3].rsplit(":", 1)[1]) for line in out.splitlines() if line.strip()}
+
+
+def journal(host: str, unit: str) -> str:
+    return lab_exec(host, f"journalctl -u {unit} --no-pager -n 40", check=False).stdout
+
+
+# --- secrets -------------------------------------------------------------------------------
+
+
+def test_a_changed_secret_previewed_with_v_diff_shows_no_secret() -> None:
+    # site.yml in check mode with -v --diff and a NEW database password: every task that
+    # carries the secret (the env file, the PostgreSQL role) has a change to show, and must
+    # show neither the new value nor the old one. The live release is named so that the run
+    # finds it staged, whatever the rolling tests left live.
+    live = lab_exec("app1", f"readlink /opt/{APP}/current").stdout.strip().rsplit("/", 1)[1]
+    defaults = yaml.safe_load((ROOT / "roles/fastapi_app/defaults/main.yml").read_text())
+    cache = Path(defaults["fastapi_app_build_cache"]).expanduser() / APP / f"{live}.tar.gz"
+    assert cache.exists(), f"the live release {live} is not in the build cache {cache}"
+    run = run_playbook(
+        "site.yml",
+        "--check",
+        "--diff",
+        "-v",
+        extra={"lab_db_password": NEW_SECRET, "fastapi_app_release": live},
+    )
+    assert run.rc == 0, run.tail()
+    assert NEW_SECRET not in run.output
+    assert LAB_DB_PASSWORD not in run.output
+    # The secret-bearing tasks did report the change (with their output withheld).
+    for host in [*APP_HOSTS, "db1"]:
+        assert run.recap[host]["changed"] >= 1, run.recap
+    flat = " ".join(run.output.split())
+    env_task = flat.split("TASK [fastapi_app : Ensure the app's environment file is written]", 1)[1]
+    assert "no_log: true" in env_task.split("TASK [", 1)[0]
+
+
+@pytest.mark.parametrize("host", ["app1", "app2", "db1", "lb1"])
+def test_no_secret_in_the_journal_or_the_postgresql_log(host: str) -> None:
+    for secret in (LAB_DB_PASSWORD, NEW_SECRET):
+        out = lab_exec(
+            host,
+            f"{{ journalctl --no-pager -o cat; cat /var/log/postgresql/*.log 2>/dev/null; }}"
+            f" | grep -cF -- '{secret}'",
+            check=False,
+        )
+        assert out.stdout.strip() == "0", f"{host}: a secret is in its journal or logs"
+
+
+@pytest.mark.parametrize("host", list(APP_HOSTS))
+def test_the_env_file_is_0640_root_and_the_app_group_only(host: str) -> None:
+    stat = lab_exec(host, f"stat -c '%a %U %G' /etc/{APP}/env /etc/{APP}").stdout.split("\n")
+    assert stat[0] == f"640 root {APP}"
+    assert stat[1] == f"750 root {APP}"
+    assert (
+        lab_exec(host, f"runuser -u {APP} -- grep -c ^DATABASE_URL= /etc/{APP}/env").stdout == "1\n"
+    )
+    denied = lab_exec(host, f"runuser -u nobody -- cat /etc/{APP}/env", check=False)
+    assert denied.returncode != 0 and "Permission denied" in denied.stderr
+
+
+# --- the app unit ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("host", list(APP_HOSTS))
+def test_the_service_runs_as_the_app_user_with_exposure_at_most_2(host: str) -> None:
+    procs = lab_exec(host, "ps -e -o unit=,user=,pid=,comm=").stdout.splitlines()
+    mine = [p.split() for p in procs if p.startswith(f"{APP}.service")]
+    assert len(mine) >= 2, f"the master and its workers: {mine}\n{journal(host, APP)}"
+    assert {p[1] for p in mine} == {APP}, mine
+    out = lab_exec(host, f"systemd-analyze security {APP}.service --no-pager").stdout
+    level = float(re.search(r"Overall exposure level for \S+: ([\d.]+)", out)[1])
+    assert level <= 2.0, out
+
+
+@pytest.mark.parametrize("host", list(APP_HOSTS))
+def test_the_app_user_can_write_nothing_of_its_code_or_configuration(host: str) -> None:
+    # Ownership, whatever the sandbox: every file of the releases and of /etc/<app> is
+    # root's; the app user may write its state and runtime directories only.
+    writable = lab_exec(
+        host,
+        f"runuser -u {APP} -- find /opt/{APP} /opt/{APP}/current/ /etc/{APP} "
+        f"/etc/systemd/system/{APP}.service /etc/systemd/system/{APP}.socket -writable",
+        check=False,
+    ).stdout.split()
+    assert writable == [], writable
+    assert (
+        lab_exec(host, f"runuser -u {APP} -- test -w /var/lib/{APP}", check=False).returncode == 0
+    )
+    assert lab_exec(host, f"runuser -u {APP} -- test -w /run/{APP}", check=False).returncode == 0
+
+
+@pytest.mark.parametrize("host", list(APP_HOSTS))
+def test_the_running_service_may_write_only_its_state_runtime_and_private_tmp(host: str) -> None:
+    show = lab_exec(
+        host,
+        f"systemctl show {APP} -p ProtectSystem -p ProtectHome -p PrivateTmp -p ReadWritePaths"
+        " -p NoNewPrivileges -p StateDirectory -p MainPID",
+    ).stdout
+    props = dict(line.split("=", 1) for line in show.splitlines())
+    assert props["ProtectSystem"] == "strict" and props["ProtectHome"] == "yes", props
+    assert props["PrivateTmp"] == "yes" and props["NoNewPrivileges"] == "yes", props
+    assert props["ReadWritePaths"] == "", props
+    # What the kernel enforces for the running main process: its mount table. Under
+    # ProtectSystem=strict "/" is read-only; the writable mounts on real storage may only be
+    # the state directory and the private /tmp and /var/tmp (systemd-private-*). The rest are
+    # kernel and tmpfs mounts (/proc, /dev, /run ...).
+    pid = props["MainPID"]
+    mounts = lab_exec(host, f"cat /proc/{pid}/mountinfo").stdout.splitlines()
+    table = []
+    for line in mounts:
+        fields = line.split()
+        fstype = fields[fields.index("-") + 1]
+        table.append((fields[4], fields[5].split(","), fstype, fields[3]))
+    root = [opts for point, opts, _, _ in table if point == "/"]
+    assert root and "ro" in root[-1], (
+        f"{host}: '/' is writable in the service's mount namespace: ProtectSystem=strict is not in"
+        " effect (systemd sets up no mount namespace in a container without CAP_SYS_ADMIN;"
+        " the lab must give its hosts that capability to behave like a server)"
+    )
+    virtual = {
+        "proc",
+        "sysfs",
+        "tmpfs",
+        "devtmpfs",
+        "devpts",
+        "mqueue",
+        "hugetlbfs",
+        "cgroup",
+        "cgroup2",
+    }
+    allowed = {f"/var/lib/{APP}", "/run/.containerenv"}  # the latter: podman's marker file
+    writable = [
+        (point, source)
+        for point, opts, fstype, source in table
+        if "rw" in opts and fstype not in virtual
+    ]
+    unexpected = [
+        (p, s)
+        for p, s in writable
+        if p not in allowed and not (p in ("/tmp", "/var/tmp") and "/systemd-private-" in s)
+    ]
+    assert unexpected == [], f"{host}: writable for the service: {unexpected}"
+
+
+# --- the network -------------------------------------------------------------------------
+
+
+def test_the_lb_exposes_only_80_and_443_to_an_outsider() -> None:
+    ports = listening_tcp_ports("lb1") | {8000, 5432}
+    seen = probe(OUTSIDER, *(f"{LB_IP}:{p}" for p in sorted(ports)))
+    reachable = {int(t.rsplit(":", 1)[1]) for t, state in seen.items() if state == "open"}
+    assert reachable == {80, 443}, seen
+
+
+def test_the_app_port_and_postgresql_are_closed_to_an_outsider_open_to_their_peers() -> None:
+    targets = [f"{ip}:8000" for ip in APP_HOSTS.values()] + [f"{DB_IP}:5432"]
+    assert set(probe(OUTSIDER, *targets).values()) == {"timeout"}, "an outsider reaches them"
+    # The allowed groups do reach them (so the check above is about the source, not a dead port).
+    assert set(probe("lb1", *targets[:2]).values()) == {"open"}
+    assert probe("app1", targets[2]) == {targets[2]: "open"}
+    # And an app host is not an lb: the other app host's port is closed to it.
+    assert probe("app1", targets[1]) == {targets[1]: "timeout"}
+
+
+def test_metrics_are_not_served_to_the_public_through_the_lb() -> None:
+    # An outsider asks the edge for /metrics: denied (403/404). The lb itself still reaches
+    # each app host's /metrics directly, which is how monitoring scrapes (the allow-list).
+    out = lab_exec(
+        OUTSIDER,
+        f"curl -sk -o /dev/null -w '%{{http_code}}' --resolve {SITE}:443:{LB_IP} https://{SITE}/metrics",
+        check=False,
+    )
+    assert out.stdout in ("403", "404"), (
+        f"/metrics through the lb answered {out.stdout} to an outsider"
+    )
+    for ip in APP_HOSTS.values():
+        code = lab_exec(
+            "lb1", f"curl -s -o /dev/null -w '%{{http_code}}' http://{ip}:8000/metrics"
+        ).stdout
+        assert code == "200", code
+
+
+# --- PostgreSQL ----------------------------------------------------------------------------
+
+
+def psql(sql: str, db: str = "postgres") -> list[list[str]]:
+    out = lab_exec("db1", f"runuser -u postgres -- psql -d {db} -XAt -F '|' -c \"{sql}\"")
+    return [line.split("|") for line in out.stdout.splitlines()]
+
+
+def test_pg_hba_has_no_trust_and_admits_tcp_only_with_scram_from_the_app_hosts() -> None:
+    rules = psql(
+        "select type, database, user_name, address, netmask, auth_method from pg_hba_file_rules"
+    )
+    assert rules, "pg_hba is empty"
+    methods = {r[5] for r in rules}
+    assert "trust" not in methods and methods <= {"peer", "scram-sha-256"}, rules
+    tcp = [r for r in rules if r[0] != "local"]
+    assert tcp and all(r[5] == "scram-sha-256" for r in tcp), tcp
+    assert {r[3] for r in tcp} == set(APP_HOSTS.values()), tcp
+    assert {r[4] for r in tcp} == {"255.255.255.255"}, tcp
+    assert {(r[1], r[2]) for r in tcp} == {("{notes}", "{notes}")}, tcp
+
+
+def test_passwords_are_scram_and_postgresql_listens_on_its_private_address_only() -> None:
+    assert psql("show password_encryption") == [["scram-sha-256"]]
+    stored = psql(
+        "select rolname, left(rolpassword, 14) from pg_authid where rolpassword is not null"
+    )
+    assert stored == [["notes", "SCRAM-SHA-256$"]], stored
+    listen = lab_exec("db1", "ss -Htln 'sport = :5432'").stdout.split("\n")
+    addresses = {line.split()[3].rsplit(":", 1)[0] for line in listen if line.strip()}
+    assert addresses == {DB_IP, "127.0.0.1"}, addresses
+
+
+def test_the_app_role_owns_its_database_and_nothing_else() -> None:
+    role = psql(
+        "select rolsuper, rolcreatedb, rolcreaterole, rolreplication, rolbypassrls from pg_roles"
+        " where rolname = 'notes'"
+    )
+    assert role == [["f"] * 5], role
+    owned = psql("select datname from pg_database where datdba = 'notes'::regrole")
+    assert owned == [["notes"]], owned
+    # Nothing in the other databases belongs to it, and PUBLIC may not connect to its database.
+    for db in ("postgres", "template1"):
+        assert psql("select count(*) from pg_class where relowner = 'notes'::regrole", db) == [
+            ["0"]
+        ]
+    acl = psql("select datacl from pg_database where datname = 'notes'")[0][0]
+    assert not re.search(r"(^|[{,])=[A-Za-z]*c", acl), f"PUBLIC may connect: {acl}"
+
+
+def test_the_app_role_cannot_reach_another_database() -> None:
+    # From an app host, with the app's own credentials (read from its env file, so that no
+    # password is on a command line): its database answers, the postgres database is refused.
+    script = (
+        "set -a; . /etc/notes/env; set +a; /opt/notes/current/venv/bin/python -c "
+        '"import os, psycopg\n'
+        "for db in ('notes', 'postgres'):\n"
+        "    try:\n"
+        "        psycopg.connect(os.environ['DATABASE_URL'], dbname=db, connect_timeout=3)\n"
+        "        print(db, 'ok')\n"
+        "    except psycopg.OperationalError as e: print(db, 'refused', 'pg_hba.conf' in str(e))\""
+    )
+    out = lab_exec("app1", script).stdout.split("\n")
+    assert out[:2] == ["notes ok", "postgres refused True"], out
