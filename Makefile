@@ -17,6 +17,10 @@ export CONTAINERS_CONF := $(CURDIR)/lab/containers.conf
 export ANSIBLE_CONFIG  := $(CURDIR)/ansible.cfg
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 export SSLYZE := $(CURDIR)/.venv-sslyze/bin/sslyze
+# Plain logs: CI keeps them as text.
+export NO_COLOR := 1
+export PY_COLORS := 0
+export ANSIBLE_FORCE_COLOR := 0
 
 .PHONY: help setup lab lab-up lab-down lab-status lint test test-app test-molecule clean
 
