@@ -56,7 +56,8 @@ def test_the_production_example_passes_preflight_without_any_connection(
     assert result.run.rc == 0, result.run.tail()
     assert result.ssh_attempts == []
     assert set(result.run.recap) == {"lb1", "app1", "app2", "db1"}
-    assert PRODUCTION_SECRET not in result.run.output
+    leaked = PRODUCTION_SECRET in result.run.output
+    assert not leaked, "the vaulted secret is in the output"
 
 
 def test_the_recorder_sees_a_connection_once_preflight_passes(runner: NoSshRunner) -> None:
@@ -68,7 +69,8 @@ def test_the_recorder_sees_a_connection_once_preflight_passes(runner: NoSshRunne
     seen = {h for h in hosts for line in result.ssh_attempts if h in line.split()}
     assert seen == hosts, result.ssh_attempts
     assert all(r["unreachable"] == 1 for r in result.run.recap.values()), result.run.recap
-    assert PRODUCTION_SECRET not in result.run.output
+    leaked = PRODUCTION_SECRET in result.run.output
+    assert not leaked, "the vaulted secret is in the output"
 
 
 @pytest.mark.parametrize("password", [None, "wrong"], ids=["no-password", "wrong-password"])

@@ -76,8 +76,10 @@ def test_a_changed_secret_previewed_with_v_diff_shows_no_secret() -> None:
         extra={"lab_db_password": NEW_SECRET, "fastapi_app_release": live},
     )
     assert run.rc == 0, run.tail()
-    assert NEW_SECRET not in run.output
-    assert LAB_DB_PASSWORD not in run.output
+    # Booleans, so that a failure does not print the secret into the test log.
+    new_leaked, old_leaked = NEW_SECRET in run.output, LAB_DB_PASSWORD in run.output
+    assert not new_leaked, "the new secret is in the output of the -v --diff run"
+    assert not old_leaked, "the lab's database password is in the output of the -v --diff run"
     # The secret-bearing tasks did report the change (with their output withheld).
     for host in [*APP_HOSTS, "db1"]:
         assert run.recap[host]["changed"] >= 1, run.recap
