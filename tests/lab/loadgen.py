@@ -125,9 +125,14 @@ class ResolvingTransport(httpx.AsyncHTTPTransport):
     """
 
     def __init__(
-        self, *, verify: ssl.SSLContext | bool, limits: httpx.Limits, resolve: Mapping[str, str]
+        self,
+        *,
+        verify: ssl.SSLContext | bool,
+        limits: httpx.Limits,
+        resolve: Mapping[str, str],
+        http2: bool = False,
     ) -> None:
-        super().__init__(verify=verify, limits=limits, trust_env=False)
+        super().__init__(verify=verify, limits=limits, trust_env=False, http2=http2)
         if not isinstance(self._pool, httpcore.AsyncConnectionPool):  # pragma: no cover
             raise TypeError("unexpected httpx transport internals; update ResolvingTransport")
         ssl_context = verify if isinstance(verify, ssl.SSLContext) else None
@@ -139,7 +144,7 @@ class ResolvingTransport(httpx.AsyncHTTPTransport):
             max_keepalive_connections=limits.max_keepalive_connections,
             keepalive_expiry=limits.keepalive_expiry,
             http1=True,
-            http2=False,
+            http2=http2,
             retries=0,
             network_backend=ResolvingBackend(resolve),
         )
@@ -500,6 +505,7 @@ class LoadGenerator:
         mix: Mapping[str, float] = DEFAULT_MIX,
         seed: int | None = 0,
         user_agent: str = "fastapi-metal-loadgen",
+        http2: bool = False,
     ) -> None:
         if rate <= 0:
             raise ValueError("rate must be positive")
@@ -519,6 +525,10 @@ class LoadGenerator:
         self.weights = [mix[name] for name in self.routes]
         self.rng = random.Random(seed)
         self.user_agent = user_agent
+        # HTTP/2 as browsers speak it: a server's graceful close (nginx reload) sends GOAWAY
+        # naming the last stream it took, and streams after it are retried on a new
+        # connection (safe for any method: the server never saw them).
+        self.http2 = http2
         self.run_id = f"{int(time.time()):x}"
 
         self._stop = threading.Event()
@@ -612,9 +622,13 @@ class LoadGenerator:
         verify = self._ssl_context()
         transport: httpx.AsyncBaseTransport
         if self.resolve:
-            transport = ResolvingTransport(verify=verify, limits=limits, resolve=self.resolve)
+            transport = ResolvingTransport(
+                verify=verify, limits=limits, resolve=self.resolve, http2=self.http2
+            )
         else:
-            transport = httpx.AsyncHTTPTransport(verify=verify, limits=limits, trust_env=False)
+            transport = httpx.AsyncHTTPTransport(
+                verify=verify, limits=limits, trust_env=False, http2=self.http2
+            )
         return httpx.AsyncClient(
             base_url=self.url,
             transport=transport,
@@ -740,6 +754,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--timeout", type=float, default=2.0, help="per request, total")
     parser.add_argument("--connections", type=int, default=50, help="keep-alive pool size")
+    parser.add_argument("--http2", action="store_true", help="speak HTTP/2 (as browsers do)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, help="write the full result as JSON here")
     parser.add_argument("--no-samples", action="store_true", help="leave raw samples out of --out")
@@ -754,6 +769,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         resolve=parse_resolve(args.resolve),
         timeout=args.timeout,
         max_connections=args.connections,
+        http2=args.http2,
         seed=args.seed,
     )
     for signum in (signal.SIGINT, signal.SIGTERM):
