@@ -147,11 +147,13 @@ def converge(*args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-def test_a_real_v_diff_converge_with_a_new_secret_shows_no_secret(host):
+def test_a_real_v_diff_converge_with_a_new_secret_shows_no_secret(host, tmp_path):
     started = host.check_output(f"systemctl show -p ExecMainStartTimestamp --value {NAME}")
-    run = converge(
-        "-v", "--diff", "-e", json.dumps({"fastapi_app_secret_env": {"TINYAPP_TOKEN": NEW_TOKEN}})
-    )
+    # The new secret goes in a file (-e @file), not on a command line others can list.
+    extra = tmp_path / "extra.json"
+    extra.touch(mode=0o600)
+    extra.write_text(json.dumps({"fastapi_app_secret_env": {"TINYAPP_TOKEN": NEW_TOKEN}}))
+    run = converge("-v", "--diff", "-e", f"@{extra}")
     output = run.stdout + run.stderr
     assert run.returncode == 0, output[-4000:]
     assert re.search(rf"{HOST}\s+: ok=\d+\s+changed=[1-9]", output), output[-1500:]

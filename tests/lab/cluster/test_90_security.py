@@ -59,7 +59,7 @@ def journal(host: str, unit: str) -> str:
 # --- secrets -------------------------------------------------------------------------------
 
 
-def test_a_changed_secret_previewed_with_v_diff_shows_no_secret() -> None:
+def test_a_changed_secret_previewed_with_v_diff_shows_no_secret(tmp_path: Path) -> None:
     # site.yml in check mode with -v --diff and a NEW database password: every task that
     # carries the secret (the env file, the PostgreSQL role) has a change to show, and must
     # show neither the new value nor the old one. The live release is named so that the run
@@ -68,13 +68,11 @@ def test_a_changed_secret_previewed_with_v_diff_shows_no_secret() -> None:
     defaults = yaml.safe_load((ROOT / "roles/fastapi_app/defaults/main.yml").read_text())
     cache = Path(defaults["fastapi_app_build_cache"]).expanduser() / APP / f"{live}.tar.gz"
     assert cache.exists(), f"the live release {live} is not in the build cache {cache}"
-    run = run_playbook(
-        "site.yml",
-        "--check",
-        "--diff",
-        "-v",
-        extra={"lab_db_password": NEW_SECRET, "fastapi_app_release": live},
-    )
+    # The new secret goes in a file (-e @file), not on a command line others can list.
+    extra = tmp_path / "extra.json"
+    extra.touch(mode=0o600)
+    extra.write_text(json.dumps({"lab_db_password": NEW_SECRET, "fastapi_app_release": live}))
+    run = run_playbook("site.yml", "--check", "--diff", "-v", "-e", f"@{extra}")
     assert run.rc == 0, run.tail()
     # Booleans, so that a failure does not print the secret into the test log.
     new_leaked, old_leaked = NEW_SECRET in run.output, LAB_DB_PASSWORD in run.output
