@@ -22,7 +22,7 @@ export NO_COLOR := 1
 export PY_COLORS := 0
 export ANSIBLE_FORCE_COLOR := 0
 
-.PHONY: help setup lab lab-up lab-down lab-status lint test test-app test-molecule clean
+.PHONY: help setup lab lab-up lab-down lab-status lint test test-app test-molecule test-zero-drop clean
 
 help:  ## List the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -84,6 +84,9 @@ test-molecule: setup  ## molecule test for every scenario in MOLECULE_SCENARIOS
 	  $(BIN)/molecule test -s $$s
 	  echo "molecule scenario $$s passed in $$(( $$(date +%s) - start )) s"
 	done
+
+test-zero-drop: lab  ## The cluster tests on the lab, with the 0-failed-requests assertions
+	$(BIN)/pytest -p no:cacheprovider tests/lab/cluster -v -s
 
 test: lint test-app test-molecule  ## The whole suite, as CI runs it
 
