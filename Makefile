@@ -11,7 +11,7 @@ STAMPS    := .lab/stamps
 APT_PACKAGES := podman runc debootstrap uidmap python3-venv python3-dev openssh-client \
                 openssl git postgresql-15 postgresql-client-15 ca-certificates curl
 # Molecule scenarios run by `make test`, in this order (each owns its containers and network).
-MOLECULE_SCENARIOS ?= base postgresql fastapi_app edge cluster
+MOLECULE_SCENARIOS ?= base postgresql fastapi_app edge hardening cluster
 
 export CONTAINERS_CONF := $(CURDIR)/lab/containers.conf
 export ANSIBLE_CONFIG  := $(CURDIR)/ansible.cfg
@@ -74,8 +74,8 @@ lint: setup  ## ruff, mypy, yamllint, ansible-lint (production profile)
 	$(BIN)/yamllint --strict .
 	$(BIN)/ansible-lint
 
-test-app: setup  ## pytest: the FastAPI service against a real PostgreSQL
-	$(BIN)/pytest tests/app -q
+test-app: setup  ## pytest: the service against a real PostgreSQL, and the static security checks
+	$(BIN)/pytest tests/app tests/security -q
 
 test-molecule: setup  ## molecule test for every scenario in MOLECULE_SCENARIOS
 	$(PYTHON) lab/lab.py image

@@ -39,6 +39,8 @@ LABEL = "io.fastapi-metal.lab"
 MIRROR = os.environ.get("LAB_DEBIAN_MIRROR", "http://deb.debian.org/debian")
 DEBOOTSTRAP_INCLUDE = "systemd,systemd-sysv,dbus,python3,iproute2,procps,sudo,ca-certificates"
 MAX_APPS = 8
+# Bumped whenever run_host() changes how a host is started: `up` recreates older hosts.
+HOST_SPEC = "2"
 
 
 @dataclass(frozen=True)
@@ -337,6 +339,12 @@ def run_host(host: Host, key_dir: Path, pki: Path) -> None:
         "NET_RAW",
         "--cap-add",
         "AUDIT_WRITE",
+        # systemd sandboxes a unit (ProtectSystem=, PrivateTmp=, ...) only with SYS_ADMIN in
+        # the host's namespace; without it the app unit's hardening would silently not apply.
+        "--cap-add",
+        "SYS_ADMIN",
+        "--label",
+        f"{LABEL}.spec={HOST_SPEC}",
         "-v",
         f"{key_dir / 'authorized_keys'}:/root/.ssh/authorized_keys:ro",
     ]
@@ -395,7 +403,14 @@ def cmd_up(args: argparse.Namespace) -> None:
             "inspect", host.name, "--format", "{{range .Mounts}}{{.Source}} {{end}}", check=False
         ).stdout.split()
         # Another checkout's lab (its own key and pebble PKI) is not ours to reuse.
-        ours = str(key.parent / "authorized_keys") in mounts
+        spec = podman(
+            "inspect",
+            host.name,
+            "--format",
+            f'{{{{index .Config.Labels "{LABEL}.spec"}}}}',
+            check=False,
+        ).stdout.strip()
+        ours = str(key.parent / "authorized_keys") in mounts and spec == HOST_SPEC
         if state == "running" and current.strip() == host.image and ours:
             continue
         if state != "absent":
