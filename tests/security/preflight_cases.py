@@ -196,6 +196,16 @@ CASES: list[Case] = [
         extra={"fastapi_app_serial": "0%"},
     ),
     Case(
+        "allowlist-entry-not-an-address",
+        ("nginx_private_allowlist", "addresses or CIDR ranges", "monitoring.example.com"),
+        extra={"nginx_private_allowlist": ["10.0.0.7", "monitoring.example.com"]},
+    ),
+    Case(
+        "ssh-sources-empty",
+        ("base_firewall_ssh_sources", "includes the controller"),
+        extra={"base_firewall_ssh_sources": []},
+    ),
+    Case(
         "certbot-without-email",
         ("certbot_email", "ops@example.com"),
         extra={"certbot_email": ""},
