@@ -20,7 +20,7 @@ import pytest
 import yaml
 
 from tests.lab.ansible_run import ROOT, PlaybookRun, lab_exec, run_playbook, start_playbook
-from tests.lab.cluster.conftest import APP_HOSTS, LB_IP, SITE
+from tests.lab.cluster.conftest import APP_HOSTS, LB_IP, SITE, edge_json
 from tests.lab.loadgen import LoadGenerator, LoadResult
 from tests.lab.releases import make_release, read_release_info
 
@@ -133,7 +133,10 @@ def finish(
 
 
 def test_a_rolling_upgrade_a_to_b_under_load_drops_nothing(
-    releases: dict[str, dict[str, object]], state: dict[str, Any], load: LoadGenerator
+    releases: dict[str, dict[str, object]],
+    state: dict[str, Any],
+    pebble_roots: Path,
+    load: LoadGenerator,
 ) -> None:
     run = run_playbook("rolling_upgrade.yml", extra=releases["B"])
     result = finish(load, "rolling-a-to-b", min_seconds=MIN_LOAD_SECONDS)
@@ -142,9 +145,9 @@ def test_a_rolling_upgrade_a_to_b_under_load_drops_nothing(
     print(f"rollout {run.seconds:.1f} s; restart-to-healthy per host: {healthy_after(run)}")
 
     assert result.sent >= 10_000, result.totals()
-    seen = [row["release"] for row in result.releases()]
-    assert seen == [state["A"], b], seen
-    assert max(result.releases(), key=lambda row: row["last_seen"])["release"] == b
+    # Only A and B ever answered through the edge, and the edge now serves B.
+    assert {row["release"] for row in result.releases()} <= {state["A"], b}
+    assert edge_json("/health", pebble_roots)["release"] == b
 
     # The migration ran once, from the new release, before any restart.
     assert run.output.count('"event":"migrate"') == 1, "the migration must run exactly once"
@@ -174,7 +177,7 @@ def test_b_broken_release_stops_at_the_first_host_which_goes_back(
     assert current_release("app1") == state["B"], "the failed host is back on B"
     assert current_release("app2") == state["B"]
     assert main_pid_since("app2") == before_app2, "the second host was never touched"
-    assert {row["release"] for row in result.releases()} == {state["B"]}
+    assert {row["release"] for row in result.releases()} <= {state["B"]}, "C never answered"
     assert lab_exec("app1", "readlink /opt/notes/previous").stdout.strip().endswith(state["A"])
 
 
@@ -206,7 +209,7 @@ def test_d_destructive_migration_is_refused_without_the_flag(
 
 
 def test_e_rollback_to_the_previous_release_drops_nothing(
-    state: dict[str, Any], load: LoadGenerator
+    state: dict[str, Any], pebble_roots: Path, load: LoadGenerator
 ) -> None:
     revision = db_revision()
     run = run_playbook("rollback.yml")
@@ -214,7 +217,8 @@ def test_e_rollback_to_the_previous_release_drops_nothing(
     assert run.rc == 0, run.tail()
     print(f"rollback {run.seconds:.1f} s; restart-to-healthy per host: {healthy_after(run)}")
     assert all(current_release(host) == state["A"] for host in APP_HOSTS)
-    assert [row["release"] for row in result.releases()] == [state["B"], state["A"]]
+    assert {row["release"] for row in result.releases()} <= {state["B"], state["A"]}
+    assert edge_json("/health", pebble_roots)["release"] == state["A"]
     assert db_revision() == revision, "a rollback does not touch the schema"
 
 
