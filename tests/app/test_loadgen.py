@@ -44,6 +44,7 @@ class StubState:
     hosts: list[str] = field(default_factory=list)
     server_names: list[str | None] = field(default_factory=list)
     next_id: int = 0
+    stall_until: float = 0.0  # monotonic time until which every answer waits
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
@@ -63,6 +64,9 @@ class _StubHandler(http.server.BaseHTTPRequestHandler):
             state.hosts.append(self.headers.get("Host", ""))
             state.next_id += 1
             note_id = state.next_id
+        pause = state.stall_until - time.monotonic()
+        if pause > 0:
+            time.sleep(pause)
         if state.behaviour == "close":
             self.close_connection = True
             self.connection.shutdown(socket.SHUT_RDWR)
@@ -86,6 +90,7 @@ class _StubHandler(http.server.BaseHTTPRequestHandler):
 
 class _StubServer(http.server.ThreadingHTTPServer):
     daemon_threads = True
+    request_queue_size = 1024
     state: StubState
 
 
@@ -307,6 +312,41 @@ def test_a_server_that_never_answers_is_a_timeout_and_late_requests_are_not_held
     # Open loop: the silent server did not slow the timetable down.
     assert result.totals()["lag"]["max_ms"] < 100
     assert result.duration < 1.6
+
+
+def test_a_one_second_server_stall_costs_latency_not_the_generator(
+    stub_factory: StubFactory,
+) -> None:
+    """The lab's setting (200 req/s, a pool of rate x timeout connections): the generator
+    must come out of a stall at once. httpx's pool did not - it spent a core on its own
+    bookkeeping and answered nothing for the next 30 s."""
+    stub = stub_factory()
+
+    def stall() -> None:
+        stub.state.stall_until = time.monotonic() + 1.0
+
+    timer = threading.Timer(1.0, stall)
+    timer.start()
+    result = LoadGenerator(
+        f"http://127.0.0.1:{stub.port}", rate=200, duration=4, max_connections=400
+    ).run()
+    timer.join()
+    assert (result.sent, result.failed) == (800, 0), result.summary()
+    rows = result.per_second()
+    assert rows[1]["max_ms"] > 500, rows[1]  # the stall was felt
+    assert rows[3]["p99_ms"] < 100, rows[3]  # and is over
+    assert not result.totals()["generator_behind"], result.summary()
+
+
+def test_a_connection_the_server_closed_while_idle_is_not_reused(
+    stub_factory: StubFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The server drops a keep-alive connection after 0.1 s idle; requests come 0.25 s apart.
+    monkeypatch.setattr(_StubHandler, "timeout", 0.1)
+    stub = stub_factory()
+    result = LoadGenerator(f"http://127.0.0.1:{stub.port}", rate=4, duration=2).run()
+    assert (result.sent, result.failed) == (8, 0), result.summary()
+    assert result.connections_opened == 8
 
 
 def test_a_release_switch_is_seen_and_timed(stub_factory: StubFactory) -> None:

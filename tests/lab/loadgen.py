@@ -35,17 +35,18 @@ Three ways to run it::
     python -m tests.lab.loadgen --url https://app.lab.test --rate 200 --duration 60 \\
         --cafile ca.pem --resolve app.lab.test:10.89.50.10 --out load.json
 
-Concurrency: one asyncio loop (uvloop when installed) with a keep-alive pool of at most
-``max_connections`` connections; requests beyond that wait for a connection inside their time
-limit. At most ``max_in_flight`` requests are pending at once (a safety net far above what
-``rate x timeout`` needs); when it is reached the timetable waits and the delay shows as lag.
+Concurrency: one asyncio loop (uvloop when installed) with an HTTP/1.1 keep-alive pool of at
+most ``max_connections`` connections (tests/lab/http1.py: O(1) per request, no retry, so a
+stalled server cannot make the generator itself melt down); requests beyond that wait for a
+connection inside their time limit. At most ``max_in_flight`` requests are pending at once (a
+safety net far above what ``rate x timeout`` needs); when it is reached the timetable waits and
+the delay shows as lag.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import importlib.util
 import itertools
 import json
 import math
@@ -61,9 +62,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 from typing import Any
+from urllib.parse import urlsplit
 
-import httpcore
-import httpx
+from tests.lab.http1 import Pool, RequestError
 
 RELEASE_HEADER = "X-App-Release"
 DEFAULT_MIX: Mapping[str, float] = {"list": 0.35, "get": 0.35, "create": 0.30}
@@ -71,83 +72,6 @@ DEFAULT_MIX: Mapping[str, float] = {"list": 0.35, "get": 0.35, "create": 0.30}
 LATE_THRESHOLD = 0.050
 #: How many failures are kept with their details (all are counted).
 FAILURE_DETAILS = 500
-
-
-# -- connecting to an address of our choosing, under the URL's name --------------------------
-
-
-class ResolvingBackend(httpcore.AsyncNetworkBackend):
-    """httpcore network backend that connects to ``overrides[host]`` instead of resolving
-    ``host``. TLS is layered on top by httpcore with the URL's host as SNI and for the
-    certificate check, so nothing but the TCP destination changes."""
-
-    def __init__(
-        self, overrides: Mapping[str, str], backend: httpcore.AsyncNetworkBackend | None = None
-    ) -> None:
-        self.overrides = {host.lower(): address for host, address in overrides.items()}
-        self._backend = backend or httpcore.AnyIOBackend()
-
-    async def connect_tcp(
-        self,
-        host: str,
-        port: int,
-        timeout: float | None = None,  # noqa: ASYNC109 - httpcore's interface
-        local_address: str | None = None,
-        socket_options: Iterable[Any] | None = None,
-    ) -> httpcore.AsyncNetworkStream:
-        return await self._backend.connect_tcp(
-            self.overrides.get(host.lower(), host),
-            port,
-            timeout=timeout,
-            local_address=local_address,
-            socket_options=socket_options,
-        )
-
-    async def connect_unix_socket(
-        self,
-        path: str,
-        timeout: float | None = None,  # noqa: ASYNC109 - httpcore's interface
-        socket_options: Iterable[Any] | None = None,
-    ) -> httpcore.AsyncNetworkStream:
-        return await self._backend.connect_unix_socket(
-            path, timeout=timeout, socket_options=socket_options
-        )
-
-    async def sleep(self, seconds: float) -> None:
-        await self._backend.sleep(seconds)
-
-
-class ResolvingTransport(httpx.AsyncHTTPTransport):
-    """``httpx.AsyncHTTPTransport`` whose pool connects through a ``ResolvingBackend``.
-
-    httpx 0.28 takes no network backend, so the pool it built is replaced by the same pool
-    with one (httpx's request/response and exception mapping stay as they are).
-    """
-
-    def __init__(
-        self,
-        *,
-        verify: ssl.SSLContext | bool,
-        limits: httpx.Limits,
-        resolve: Mapping[str, str],
-        http2: bool = False,
-    ) -> None:
-        super().__init__(verify=verify, limits=limits, trust_env=False, http2=http2)
-        if not isinstance(self._pool, httpcore.AsyncConnectionPool):  # pragma: no cover
-            raise TypeError("unexpected httpx transport internals; update ResolvingTransport")
-        ssl_context = verify if isinstance(verify, ssl.SSLContext) else None
-        if ssl_context is None:
-            ssl_context = httpx.create_ssl_context(verify=verify, trust_env=False)
-        self._pool = httpcore.AsyncConnectionPool(
-            ssl_context=ssl_context,
-            max_connections=limits.max_connections,
-            max_keepalive_connections=limits.max_keepalive_connections,
-            keepalive_expiry=limits.keepalive_expiry,
-            http1=True,
-            http2=http2,
-            retries=0,
-            network_backend=ResolvingBackend(resolve),
-        )
 
 
 def parse_resolve(values: Iterable[str]) -> dict[str, str]:
@@ -166,26 +90,12 @@ def parse_resolve(values: Iterable[str]) -> dict[str, str]:
 
 def classify_error(exc: BaseException) -> str:
     """A short, stable name for why a request got no answer."""
-    seen: set[int] = set()
-    cause: BaseException | None = exc
-    while cause is not None and id(cause) not in seen:
-        seen.add(id(cause))
-        if isinstance(cause, ssl.SSLError):
-            return "tls_error"
-        cause = cause.__cause__ or cause.__context__
-    if isinstance(exc, TimeoutError | httpx.TimeoutException):
+    if isinstance(exc, RequestError):
+        return exc.kind
+    if isinstance(exc, TimeoutError):
         return "timeout"
-    names = {
-        httpx.ConnectError: "connect_error",
-        httpx.RemoteProtocolError: "remote_protocol_error",
-        httpx.ReadError: "read_error",
-        httpx.WriteError: "write_error",
-        httpx.CloseError: "close_error",
-        httpx.LocalProtocolError: "local_protocol_error",
-    }
-    for kind, name in names.items():
-        if isinstance(exc, kind):
-            return name
+    if isinstance(exc, ssl.SSLError):
+        return "tls_error"
     return f"other:{type(exc).__name__}"
 
 
@@ -253,6 +163,7 @@ class LoadResult:
     samples: list[Sample] = field(default_factory=list)
     max_connections: int = 0
     resolve: dict[str, str] = field(default_factory=dict)
+    connections_opened: int = 0  # TCP (and TLS) handshakes the run made
 
     @property
     def sent(self) -> int:
@@ -290,6 +201,7 @@ class LoadResult:
             # Requests per second over the span in which they were sent.
             "achieved_rate": round((self.sent - 1) / send_span, 2) if send_span > 0 else None,
             "duration_s": round(self.duration, 3),
+            "connections_opened": self.connections_opened,
             "latency": _latency_stats([s.latency for s in samples]),
             "lag": {
                 "p50_ms": _ms(percentile(lags, 50)),
@@ -449,29 +361,6 @@ class LoadResult:
 # -- the generator ---------------------------------------------------------------------------
 
 
-def _fast_async_library_detection() -> None:
-    """Without ``sniffio`` installed, httpcore tries ``import sniffio`` for every lock it makes
-    (several per request): a failed import walks ``sys.path`` each time, about a third of this
-    generator's CPU. Answer "asyncio" directly when an asyncio loop runs; no-op with sniffio."""
-    if importlib.util.find_spec("sniffio") is not None:  # pragma: no cover - not in the venv
-        return
-    from httpcore import _synchronization
-
-    original = _synchronization.current_async_library
-    if getattr(original, "_loadgen", False):
-        return
-
-    def current_async_library() -> str:
-        try:
-            asyncio.get_running_loop()
-        except RuntimeError:
-            return original()
-        return "asyncio"
-
-    current_async_library._loadgen = True  # type: ignore[attr-defined]
-    _synchronization.current_async_library = current_async_library
-
-
 def _new_event_loop() -> asyncio.AbstractEventLoop:
     try:
         import uvloop
@@ -505,7 +394,6 @@ class LoadGenerator:
         mix: Mapping[str, float] = DEFAULT_MIX,
         seed: int | None = 0,
         user_agent: str = "fastapi-metal-loadgen",
-        http2: bool = False,
     ) -> None:
         if rate <= 0:
             raise ValueError("rate must be positive")
@@ -525,10 +413,6 @@ class LoadGenerator:
         self.weights = [mix[name] for name in self.routes]
         self.rng = random.Random(seed)
         self.user_agent = user_agent
-        # HTTP/2 as browsers speak it: a server's graceful close (nginx reload) sends GOAWAY
-        # naming the last stream it took, and streams after it are retried on a new
-        # connection (safe for any method: the server never saw them).
-        self.http2 = http2
         self.run_id = f"{int(time.time()):x}"
 
         self._stop = threading.Event()
@@ -592,7 +476,6 @@ class LoadGenerator:
 
     def run(self) -> LoadResult:
         """Run in this thread until ``duration`` is over or ``stop()`` is called."""
-        _fast_async_library_detection()
         with asyncio.Runner(loop_factory=_new_event_loop) as runner:
             return runner.run(self.run_async())
 
@@ -605,42 +488,33 @@ class LoadGenerator:
 
     # -- the work ---------------------------------------------------------------------------
 
-    def _ssl_context(self) -> ssl.SSLContext | bool:
-        if not self.verify:
-            return False
-        context = ssl.create_default_context(
-            cafile=str(self.cafile) if self.cafile is not None else None
-        )
-        return context
-
-    def _client(self) -> httpx.AsyncClient:
-        limits = httpx.Limits(
+    def _pool(self) -> Pool:
+        url = urlsplit(self.url)
+        if url.scheme not in ("http", "https") or not url.hostname:
+            raise ValueError(f"url must be http(s)://host[:port], not {self.url!r}")
+        context: ssl.SSLContext | None = None
+        if url.scheme == "https":
+            context = ssl.create_default_context(
+                cafile=str(self.cafile) if self.cafile is not None else None
+            )
+            if not self.verify:
+                context.check_hostname = False
+                context.verify_mode = ssl.CERT_NONE
+        return Pool(
+            url.scheme,
+            url.hostname,
+            url.port or (443 if url.scheme == "https" else 80),
+            connect_to=self.resolve.get(url.hostname),
+            ssl_context=context,
             max_connections=self.max_connections,
-            max_keepalive_connections=self.max_connections,
-            keepalive_expiry=30.0,
-        )
-        verify = self._ssl_context()
-        transport: httpx.AsyncBaseTransport
-        if self.resolve:
-            transport = ResolvingTransport(
-                verify=verify, limits=limits, resolve=self.resolve, http2=self.http2
-            )
-        else:
-            transport = httpx.AsyncHTTPTransport(
-                verify=verify, limits=limits, trust_env=False, http2=self.http2
-            )
-        return httpx.AsyncClient(
-            base_url=self.url,
-            transport=transport,
-            timeout=httpx.Timeout(self.timeout),
             headers={"User-Agent": self.user_agent},
-            trust_env=False,
         )
 
     async def run_async(self) -> LoadResult:
         # perf_counter, not loop.time(): uvloop's clock has millisecond steps.
         clock = time.perf_counter
-        async with self._client() as client:
+        pool = self._pool()
+        try:
             t0 = clock()
             result = LoadResult(
                 url=self.url,
@@ -665,7 +539,7 @@ class LoadGenerator:
                     await asyncio.sleep(min(wait, 0.05))
                     continue
                 await slots.acquire()
-                task = asyncio.create_task(self._request(client, result, t0, index, due, slots))
+                task = asyncio.create_task(self._request(pool, result, t0, index, due, slots))
                 in_flight.add(task)
                 task.add_done_callback(in_flight.discard)
                 index += 1
@@ -675,6 +549,9 @@ class LoadGenerator:
                 await asyncio.wait(set(in_flight))
             result.duration = clock() - t0
             result.samples.sort(key=lambda s: s.index)
+            result.connections_opened = pool.opened
+        finally:
+            pool.close()
         return result
 
     def _pick(self) -> tuple[str, str, str, dict[str, Any] | None]:
@@ -688,7 +565,7 @@ class LoadGenerator:
 
     async def _request(
         self,
-        client: httpx.AsyncClient,
+        pool: Pool,
         result: LoadResult,
         t0: float,
         index: int,
@@ -701,22 +578,25 @@ class LoadGenerator:
         error: str | None = None
         release: str | None = None
         detail: str | None = None
+        headers = {"X-Request-ID": f"lg-{self.run_id}-{index}"}
+        if body is not None:
+            headers["Content-Type"] = "application/json"
         try:
             async with asyncio.timeout(self.timeout):
-                response = await client.request(
+                response = await pool.request(
                     method,
                     path,
-                    json=body,
-                    headers={"X-Request-ID": f"lg-{self.run_id}-{index}"},
+                    body=None if body is None else json.dumps(body).encode(),
+                    headers=headers,
                 )
-            status = response.status_code
-            release = response.headers.get(RELEASE_HEADER)
+            status = response.status
+            release = response.headers.get(RELEASE_HEADER.lower())
             if status == 201 and route == "create":
-                note_id = response.json().get("id")
+                note_id = json.loads(response.body).get("id")
                 if isinstance(note_id, int):
                     self._note_ids.append(note_id)
             elif not 200 <= status < 300:
-                detail = response.text[:200]
+                detail = response.body[:200].decode("utf-8", "replace")
         except Exception as exc:
             error = classify_error(exc)
             detail = f"{type(exc).__name__}: {exc}"[:300]
@@ -754,7 +634,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--timeout", type=float, default=2.0, help="per request, total")
     parser.add_argument("--connections", type=int, default=50, help="keep-alive pool size")
-    parser.add_argument("--http2", action="store_true", help="speak HTTP/2 (as browsers do)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, help="write the full result as JSON here")
     parser.add_argument("--no-samples", action="store_true", help="leave raw samples out of --out")
@@ -769,7 +648,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         resolve=parse_resolve(args.resolve),
         timeout=args.timeout,
         max_connections=args.connections,
-        http2=args.http2,
         seed=args.seed,
     )
     for signum in (signal.SIGINT, signal.SIGTERM):
