@@ -85,7 +85,7 @@ test-molecule: setup  ## molecule test for every scenario in MOLECULE_SCENARIOS
 	  echo "molecule scenario $$s passed in $$(( $$(date +%s) - start )) s"
 	done
 
-test-zero-drop: lab  ## The cluster tests on the lab, with the 0-failed-requests assertions
+test-zero-drop: lab  ## The cluster verify tests (rolling upgrades under load, 0 failed requests) on the local lab
 	$(BIN)/pytest -p no:cacheprovider tests/lab/cluster -v -s
 
 test: lint test-app test-molecule  ## The whole suite, as CI runs it
