@@ -193,6 +193,12 @@ def test_forwarded_headers_and_request_id(client1, pebble_root):
     assert sent["x-forwarded-host"] == SITE
     assert sent["host"] == SITE
     assert sent["x-request-id"] == "trace-42"
+    # ... and comes back once, whether or not the app echoes it too
+    answer = client1.check_output(
+        f"{CURL} -D - -o /dev/null -H 'X-Request-ID: trace-42' {URL}/echo"
+    )
+    ids = [line for line in answer.lower().splitlines() if line.startswith("x-request-id:")]
+    assert [line.split(":", 1)[1].strip() for line in ids] == ["trace-42"], answer
     # a forged X-Forwarded-For is replaced, a malformed request id is replaced by a new one
     echo = json.loads(
         client1.check_output(
