@@ -259,6 +259,31 @@ def test_f_a_concurrent_deploy_is_refused_by_the_lock(
         assert len(kept) <= 4 and state["C"] not in kept, kept
 
 
+def test_f_site_yml_refuses_to_converge_while_a_deploy_holds_the_lock() -> None:
+    """A converge would put drained hosts back on the lb (and may restart app hosts): under a
+    running rollout it must stop before touching anything, naming the holder."""
+    holder = {
+        "who": "ops@elsewhere", "action": "rollback", "started": "2026-11-25T00:00:00Z",
+        "release": "0.0.9-held",
+    }  # fmt: skip
+    drained = f"{APP_HOSTS['app2']}:8000"
+    lab_exec("app1", f"mkdir -p {Path(LOCK).parent}")
+    lab_exec("app1", f"printf '%s\\n' '{json.dumps(holder)}' > {LOCK}")
+    lab_exec("lb1", f"fastapi-metal-nginx upstream {drained} down")
+    try:
+        run = run_playbook("site.yml")
+        assert run.rc != 0, run.tail()
+        flat = " ".join(run.output.split())
+        assert "Another deploy holds the lock" in flat, run.tail()
+        assert "rollback by ops@elsewhere" in flat and "0.0.9-held" in flat
+        assert run.changed == 0, run.recap
+        # The nginx role never ran: app2 is still drained on the lb.
+        assert lab_exec("lb1", "fastapi-metal-nginx drained").stdout.split() == [drained]
+    finally:
+        lab_exec("app1", f"rm -f {LOCK}")
+        lab_exec("lb1", "fastapi-metal-nginx undrain-all")
+
+
 def test_g_the_audit_log_has_a_line_for_every_run(state: dict[str, Any]) -> None:
     for host in APP_HOSTS:
         lines = audit_lines(host)
