@@ -62,13 +62,15 @@ def test_the_production_example_passes_preflight_without_any_connection(
 
 def test_the_recorder_sees_a_connection_once_preflight_passes(runner: NoSshRunner) -> None:
     # The proof above means something only if an attempt would be seen: past preflight,
-    # site.yml gathers facts, and every host's attempt lands in the recorder (unreachable).
+    # site.yml checks the deploy lock on the lock host (the first app host) alone, then
+    # gathers facts on the others; each attempt lands in the recorder (unreachable).
     result = runner.run("site.yml")
     assert result.run.rc != 0
-    hosts = {"192.0.2.10", "192.0.2.20", "192.0.2.31", "192.0.2.32"}
+    hosts = {"192.0.2.10", "192.0.2.20", "192.0.2.31"}
     seen = {h for h in hosts for line in result.ssh_attempts if h in line.split()}
     assert seen == hosts, result.ssh_attempts
-    assert all(r["unreachable"] == 1 for r in result.run.recap.values()), result.run.recap
+    unreachable = [host for host, r in result.run.recap.items() if r["unreachable"]]
+    assert len(unreachable) >= 3, result.run.recap
     leaked = PRODUCTION_SECRET in result.run.output
     assert not leaked, "the vaulted secret is in the output"
 

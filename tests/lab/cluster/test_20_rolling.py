@@ -284,6 +284,27 @@ def test_f_site_yml_refuses_to_converge_while_a_deploy_holds_the_lock() -> None:
         lab_exec("lb1", "fastapi-metal-nginx undrain-all")
 
 
+def test_f_a_batch_of_every_app_host_is_restarted_without_a_drain(
+    state: dict[str, Any], pebble_roots: Path
+) -> None:
+    """serial 100%: no host is left to take the traffic, so none is drained (the lb would
+    refuse every connection: 502s); the systemd sockets hold new connections through the
+    restarts instead. That costs latency, not errors: a patient client (10 s) sees none."""
+    gen = LoadGenerator(
+        f"https://{SITE}", rate=50, cafile=pebble_roots, resolve={SITE: LB_IP}, timeout=10.0,
+        max_connections=500,
+    )  # fmt: skip
+    with gen:
+        gen.wait_for(100, timeout=30)
+        run = run_playbook("rollback.yml", extra={"fastapi_app_serial": "100%"})
+        result = finish(gen, "rollback-whole-batch", after=3.0)
+    assert run.rc == 0, run.tail()
+    print(f"whole-batch rollback {run.seconds:.1f} s; healthy after: {healthy_after(run)}")
+    assert all(current_release(host) == state["A"] for host in APP_HOSTS)
+    assert result.failed == 0, result.summary()
+    assert result.per_second()[-1]["releases"] == [state["A"]]
+
+
 def test_g_the_audit_log_has_a_line_for_every_run(state: dict[str, Any]) -> None:
     for host in APP_HOSTS:
         lines = audit_lines(host)
