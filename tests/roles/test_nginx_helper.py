@@ -1,14 +1,12 @@
 """The nginx role's drain helper (roles/nginx/files/fastapi-metal-nginx): the parts that need
-no nginx and no nftables - reading the upstream block, nginx's time syntax, and how long a
-drain waits so that two servers are never out at once. The drain itself (nftables, no
-reload) runs for real in the edge and cluster scenarios."""
+no nginx and no nftables - reading the upstream block, nginx's time syntax, and how an
+undrain reads which server answered its probe. The drain itself (nftables, no reload, the
+probe through nginx) runs for real in the edge and cluster scenarios."""
 
 from __future__ import annotations
 
 import importlib.machinery
 import importlib.util
-import json
-import time
 from pathlib import Path
 from types import ModuleType
 
@@ -42,7 +40,6 @@ def helper(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> ModuleType:
     module = importlib.util.module_from_spec(spec)
     loader.exec_module(module)
     monkeypatch.setattr(module, "CONF", str(conf))
-    monkeypatch.setattr(module, "STATE", str(tmp_path / "undrained.json"))
     return module
 
 
@@ -68,27 +65,36 @@ def test_the_failure_window_is_fail_timeout_plus_nginx_clock_grain(helper: Modul
     assert helper.fail_window({"max_fails": "0", "fail_timeout": "2s"}) == 0.0  # never marked
 
 
-def test_a_drain_waits_until_the_server_that_just_came_back_is_past_its_window(
-    helper: ModuleType, monkeypatch: pytest.MonkeyPatch
+def test_the_probe_listener_is_found_in_nginx_conf(helper: ModuleType, tmp_path: Path) -> None:
+    assert helper.probe_port() is None
+    conf = Path(helper.CONF)
+    conf.write_text(
+        conf.read_text().replace(
+            "    server {\n        listen 443",
+            "    server {\n        listen 127.0.0.1:8299; # fastapi-metal-nginx probe\n    }\n"
+            "    server {\n        listen 443",
+        )
+    )
+    assert helper.probe_port() == 8299
+
+
+@pytest.mark.parametrize(
+    ("addr", "status", "expected"),
+    [
+        ("10.0.0.31:8000", "200", ("10.0.0.31:8000", "200")),
+        ("10.0.0.31:8000", "404", ("10.0.0.31:8000", "404")),  # an answer all the same
+        # refused by the drained server, answered by the next one
+        ("10.0.0.31:8000, 10.0.0.32:8000", "502, 200", ("10.0.0.32:8000", "200")),
+        ("10.0.0.31:8000, 10.0.0.32:8000", "502, 502", None),
+        ("fastapi_metal_app", "502", None),  # no live upstreams: nginx answered itself
+        ("10.0.0.31:8000", "504", None),
+        ("", "", None),
+    ],
+)
+def test_which_server_answered_a_probe(
+    helper: ModuleType, addr: str, status: str, expected: tuple[str, str] | None
 ) -> None:
-    slept: list[float] = []
-    monkeypatch.setattr(helper.time, "sleep", slept.append)
-    params = helper.upstream_params()
-    now = time.monotonic()
-    # 10.0.0.31 came back 1 s ago (window 3 s): draining another server waits about 2 s ...
-    helper.save_state({"10.0.0.31:8000": now - 1.0})
-    helper.wait_for_the_others("app2.internal:8000", params)
-    assert len(slept) == 1 and 1.9 < slept[0] <= 2.0
-    # ... draining that server itself does not wait for it ...
-    helper.wait_for_the_others("10.0.0.31:8000", params)
-    # ... nor does anything once the window is over, or for a server never marked failed.
-    helper.save_state({"10.0.0.31:8000": now - 3.5, "app2.internal:8000": now})
-    helper.wait_for_the_others("10.0.0.31:8000", params)
-    assert len(slept) == 1
-    assert json.loads(Path(helper.STATE).read_text()).keys() == {
-        "10.0.0.31:8000",
-        "app2.internal:8000",
-    }
+    assert helper.answered_by(addr, status) == expected
 
 
 def test_a_server_name_resolves_as_nginx_resolves_it(helper: ModuleType) -> None:
