@@ -113,3 +113,20 @@ def test_an_unknown_server_is_refused_before_anything_changes(
         helper.upstream("10.0.0.99:8000", "down", False)  # commented out: not a server
     assert exc.value.code == 3
     assert "10.0.0.99:8000 is not an upstream server" in capsys.readouterr().err
+
+
+def test_a_drain_is_refused_while_the_upstream_keeps_idle_connections(
+    helper: ModuleType, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Cached connections would carry requests to the drained server past the refusal.
+    conf = Path(helper.CONF)
+    conf.write_text(
+        conf.read_text().replace(
+            "    }\n    server {", "        keepalive 32;\n    }\n    server {", 1
+        )
+    )
+    assert helper.upstream_keepalive()
+    with pytest.raises(SystemExit) as exc:
+        helper.upstream("10.0.0.31:8000", "down", False)
+    assert exc.value.code == 4
+    assert "nginx_upstream_keepalive: 0" in capsys.readouterr().err
