@@ -8,8 +8,10 @@ PYTHON    ?= /usr/bin/python3
 VENV      := .venv
 BIN       := $(VENV)/bin
 STAMPS    := .lab/stamps
-APT_PACKAGES := podman runc debootstrap uidmap python3-venv python3-dev openssh-client \
-                openssl git postgresql-15 postgresql-client-15 ca-certificates curl
+# netavark + aardvark-dns by name: with --no-install-recommends podman would fall back to CNI
+# networking without DNS, and no lab host could resolve another (docs/lab.md).
+APT_PACKAGES := podman runc netavark aardvark-dns debootstrap uidmap python3-venv python3-dev \
+                openssh-client openssl git postgresql-15 postgresql-client-15 ca-certificates curl
 # Molecule scenarios run by `make test`, in this order (each owns its containers and network).
 MOLECULE_SCENARIOS ?= base postgresql fastapi_app edge hardening cluster
 

@@ -1,10 +1,12 @@
 #!/usr/bin/env python3
 """The lab: local "bare servers" as podman containers running systemd, reached over SSH.
 
-Usage: lab.py image | up [--apps N] | down | status | ssh-config
+Usage: lab.py check | image | up [--apps N] | down | status | health
 
 Everything it makes is named and labelled, so `up` and `down` are idempotent and cope
-with stale podman records left behind by an earlier session (see shared/lab-recipe.md).
+with stale podman records left behind by an earlier run or session (docs/lab.md).
+`check` (run by `image` and `up` too) stops at once, naming the fix, when the machine
+lacks what the lab needs; `up` then proves that every lab name resolves inside the hosts.
 Only the standard library is used: this runs before the project's venv exists.
 """
 
@@ -78,6 +80,108 @@ def podman(
         err = (proc.stderr or "").strip()
         raise SystemExit(f"lab: podman {' '.join(args)} failed ({proc.returncode}): {err}")
     return proc
+
+
+# --- prerequisites ------------------------------------------------------------------------
+
+SETUP_HINT = "`make setup` installs and configures all of it (docs/lab.md)"
+
+
+def podman_info() -> dict[str, str]:
+    """What podman will use for the lab: network backend, OCI runtime, cgroup version."""
+    fmt = "{{.Host.NetworkBackend}}|{{.Host.OCIRuntime.Name}}|{{.Host.CgroupsVersion}}"
+    out = podman("info", "--format", fmt, check=False)
+    if out.returncode != 0:
+        raise SystemExit(
+            f"lab: podman cannot start with the lab's settings ({CONTAINERS_CONF}): "
+            f"{out.stderr.strip()}\nFix: apt-get install podman runc netavark aardvark-dns; "
+            f"{SETUP_HINT}"
+        )
+    backend, runtime, cgroups = [*out.stdout.strip().split("|"), "", "", ""][:3]
+    return {"network_backend": backend, "runtime": runtime, "cgroups": cgroups}
+
+
+def prerequisite_problems(info: dict[str, str], dns_helper: bool) -> list[str]:
+    """Each thing the lab needs that this machine lacks, with the fix (empty: all there)."""
+    problems = []
+    if info["network_backend"] != "netavark":
+        problems.append(
+            f"podman's network backend is {info['network_backend']!r}, not 'netavark': lab hosts "
+            "could not resolve each other's names (CNI has no DNS here). Fix: apt-get install "
+            'netavark aardvark-dns, and network_backend = "netavark" in [network] of '
+            f"{CONTAINERS_CONF} (exported as CONTAINERS_CONF)"
+        )
+    if not dns_helper:
+        problems.append(
+            "aardvark-dns is not installed (/usr/lib/podman/aardvark-dns): podman networks "
+            "would answer no names. Fix: apt-get install aardvark-dns"
+        )
+    if info["runtime"] != "runc":
+        problems.append(
+            f"podman's OCI runtime is {info['runtime']!r}, not 'runc': crun refuses this "
+            "machine's hybrid cgroup layout. Fix: apt-get install runc, and runtime = "
+            f'"runc" in [engine] of {CONTAINERS_CONF}'
+        )
+    return problems
+
+
+def cmd_check(_: argparse.Namespace) -> None:
+    missing = [
+        t for t in ("podman", "debootstrap", "ssh-keygen", "openssl", "curl") if not shutil.which(t)
+    ]
+    if missing:
+        raise SystemExit(f"lab: not installed: {', '.join(missing)}. {SETUP_HINT}")
+    info = podman_info()
+    dns_helper = Path("/usr/lib/podman/aardvark-dns").exists() or bool(shutil.which("aardvark-dns"))
+    problems = prerequisite_problems(info, dns_helper)
+    if problems:
+        raise SystemExit(
+            "lab: this machine cannot run the lab yet:\n"
+            + "\n".join(f"  - {p}" for p in problems)
+            + f"\n{SETUP_HINT}"
+        )
+    log("podman: " + ", ".join(f"{k}={v}" for k, v in info.items()))
+
+
+def resolution_problems(host: str, want: dict[str, str]) -> list[str]:
+    """Ask `host` for every lab name (its resolver: aardvark-dns); what is wrong, if any."""
+    script = (
+        "import json, socket, sys\n"
+        "out = {}\n"
+        "for n in sys.argv[1:]:\n"
+        "    try:\n"
+        "        out[n] = sorted({a[4][0] for a in socket.getaddrinfo(n, None, socket.AF_INET)})\n"
+        "    except OSError as e:\n"
+        "        out[n] = str(e)\n"
+        "print(json.dumps(out))\n"
+    )
+    got = podman("exec", host, "python3", "-c", script, *want, check=False)
+    if got.returncode != 0:
+        return [f"{host}: could not run a name lookup: {got.stderr.strip()}"]
+    seen = json.loads(got.stdout)
+    return [
+        f"{host} resolves {name} to {seen.get(name)!r}, expected [{ip!r}]"
+        for name, ip in want.items()
+        if seen.get(name) != [ip]
+    ]
+
+
+def check_dns(want: list[Host]) -> None:
+    names = {h.name: h.ip for h in want}
+    names.update({alias: h.ip for h in want for alias in h.aliases})
+    asker = next(h.name for h in want if h.name != "acme")
+    problems = resolution_problems(asker, names)
+    if problems:
+        info = podman_info()
+        raise SystemExit(
+            "lab: the lab's names do not resolve inside its hosts (certbot, the firewall "
+            "and every test need them):\n"
+            + "\n".join(f"  - {p}" for p in problems)
+            + f"\n  podman network backend: {info['network_backend']}. Fix: apt-get install "
+            f'netavark aardvark-dns, network_backend = "netavark" in {CONTAINERS_CONF}, then '
+            "`lab.py down` and `lab.py up`"
+        )
+    log(f"names resolve inside the hosts ({len(names)} checked from {asker})")
 
 
 def image_exists(ref: str) -> bool:
@@ -175,8 +279,9 @@ def build_layer(ref: str, containerfile: Path, base: str, files: list[Path]) -> 
     )
 
 
-def cmd_image(_: argparse.Namespace) -> None:
+def cmd_image(args: argparse.Namespace) -> None:
     t0 = time.monotonic()
+    cmd_check(args)
     if os.environ.get("LAB_IMAGE"):
         log(f"using {HOST_IMAGE} as given by LAB_IMAGE")
     else:
@@ -419,6 +524,7 @@ def cmd_up(args: argparse.Namespace) -> None:
         log(f"starting {host.name} ({host.ip})")
         run_host(host, key.parent, pki)
     states = {h.name: wait_running(h) for h in want}
+    check_dns(want)
     write_inventory(want)
     for name, state in states.items():
         if state != "running":
@@ -546,6 +652,9 @@ def cmd_health(_: argparse.Namespace) -> None:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="lab", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="cmd", required=True)
+    sub.add_parser("check", help="what the lab needs from this machine").set_defaults(
+        func=cmd_check
+    )
     sub.add_parser("image", help="build (or reuse) the lab images").set_defaults(func=cmd_image)
     up = sub.add_parser("up", help="bring the lab up (idempotent)")
     up.add_argument("--apps", default=os.environ.get("LAB_APPS", "2"), help="app hosts (1-8)")

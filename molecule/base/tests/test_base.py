@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from conftest import APP, LB, journal, listening, probe
+from conftest import APP, LB, OTHER, get, journal, listening, probe
 
 
 def test_systemd_is_pid_1_and_no_unit_failed(host):
@@ -58,6 +58,19 @@ def test_firewall_is_loaded_with_policy_drop(host):
     assert "tcp dport 22 accept" in table
 
 
+def test_every_peer_name_resolves_to_its_address_inside_the_hosts(lb, app, other):
+    """The lab's DNS (netavark + aardvark-dns): without it every probe below is meaningless."""
+    names = [LB, APP, OTHER]
+    addrs = {n: get(n).interface("eth0").addresses for n in names}
+    for client in (lb, app, other):
+        for name in names:
+            got = client.run(f"getent ahostsv4 {name}")
+            assert got.rc == 0, (
+                f"{client.backend.hostname} cannot resolve {name}: lab DNS is broken"
+            )
+            assert got.stdout.split()[0] in addrs[name], (name, got.stdout, addrs[name])
+
+
 def test_lb_exposes_only_http_https_and_ssh(lb, other, app):
     with listening(lb, 80, 443, 8000, 5432):
         seen = probe(other, f"{LB}:80", f"{LB}:443", f"{LB}:22", f"{LB}:8000", f"{LB}:5432")
@@ -69,7 +82,7 @@ def test_lb_exposes_only_http_https_and_ssh(lb, other, app):
             f"{LB}:5432": "timeout",
         }
         # The app host is no exception for the lb's own non-public ports.
-        assert probe(app, f"{LB}:8000")[f"{LB}:8000"] == "timeout"
+        assert probe(app, f"{LB}:22", f"{LB}:8000") == {f"{LB}:22": "open", f"{LB}:8000": "timeout"}
 
 
 def test_app_port_is_open_to_lb_only(lb, other, app):
