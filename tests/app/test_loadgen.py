@@ -28,7 +28,7 @@ from sqlalchemy.engine import make_url
 from tests.helpers.cli import clean_env
 from tests.helpers.gunicorn import run_gunicorn
 from tests.helpers.net import blackhole_listener, free_port
-from tests.lab.loadgen import LoadGenerator, LoadResult, parse_resolve, percentile
+from tests.lab.loadgen import LoadGenerator, LoadResult, Sample, parse_resolve, percentile
 
 RELEASE = "loadgen-test-release"
 LAB_NAME = "app.lab.test"
@@ -484,3 +484,35 @@ def test_helpers() -> None:
     assert percentile([1.0, 2.0], 100) == 2.0
     with pytest.raises(ValueError, match="mix"):
         LoadGenerator("http://x", mix={"delete": 1.0})
+
+
+def _result(lags_by_second: list[list[float]], latency: float = 0.01) -> LoadResult:
+    """A run at 10 req/s whose request j of second i was sent lags_by_second[i][j] late."""
+    samples = [
+        Sample(index=i * 10 + j, route="list", due=i + j / 10, sent=i + j / 10 + lag,
+               latency=latency if (i, j) != (2, 0) else 1.5, status=200)
+        for i, lags in enumerate(lags_by_second)
+        for j, lag in enumerate(lags)
+    ]  # fmt: skip
+    return LoadResult(url="http://x", rate=10, timeout=2.0, started_at=1000.0, samples=samples)
+
+
+def test_the_generator_falling_behind_is_judged_per_second_not_averaged_away() -> None:
+    on_time = [0.0] * 10
+    one_bad_second = [on_time] * 30 + [[0.0] * 7 + [0.06] * 3] + [on_time] * 30
+    result = _result(one_bad_second)
+    # 3 late of 610 sent (0.5 %): a whole-run share would have absorbed it.
+    assert result.totals()["lag"]["late"] == 3
+    assert result.behind_seconds() == [30]
+    assert result.totals()["generator_behind"] is True
+    assert "GENERATOR FELL BEHIND in seconds [30]" in result.summary()
+    # One late request in a second is noise, not a generator behind.
+    assert _result([on_time, [0.3] + [0.0] * 9]).behind_seconds() == []
+
+
+def test_the_worst_second_of_a_phase_is_the_one_with_the_highest_p99() -> None:
+    result = _result([[0.0] * 10] * 5)
+    worst = result.worst_second(1001.5, 1003.0)  # overlaps seconds 1 and 2
+    assert worst is not None and worst["second"] == 2 and worst["max_ms"] == 1500.0
+    assert result.worst_second(1003.0, 1004.0)["second"] == 3  # type: ignore[index]
+    assert result.worst_second(2000.0, 2001.0) is None

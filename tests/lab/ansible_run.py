@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -17,6 +18,14 @@ INVENTORY = ROOT / "inventories" / "lab"
 RECAP = re.compile(
     r"^(?P<host>\S+)\s+:\s+ok=(?P<ok>\d+)\s+changed=(?P<changed>\d+)\s+unreachable=(?P<unreachable>\d+)"
     r"\s+failed=(?P<failed>\d+)\s+skipped=(?P<skipped>\d+)\s+rescued=(?P<rescued>\d+)\s+ignored=(?P<ignored>\d+)",
+    re.M,
+)
+
+
+# ansible.posix.profile_tasks prints, under each TASK banner, when the task started:
+# "Tuesday 01 December 2026  07:40:01 +0000 (0:00:00.036)       0:00:05.678 ****".
+TASK_BANNER = re.compile(
+    r"^TASK \[(?P<name>.+?)\] \**\n(?P<when>\w+ \d{2} \w+ \d{4}  \d{2}:\d{2}:\d{2} [+-]\d{4}) \(",
     re.M,
 )
 
@@ -32,6 +41,24 @@ class PlaybookRun:
     @property
     def changed(self) -> int:
         return sum(h["changed"] for h in self.recap.values())
+
+    def task_starts(self) -> list[tuple[str, float]]:
+        """Each task the run started, with when (epoch seconds, whole seconds)."""
+        return [
+            (m["name"], datetime.strptime(m["when"], "%A %d %B %Y  %H:%M:%S %z").timestamp())
+            for m in TASK_BANNER.finditer(self.output)
+        ]
+
+    def window(self, *names: str) -> tuple[float, float] | None:
+        """From the start of the first task whose name contains one of `names` to the start
+        of the task after the last such task (the run's phases, e.g. staging); None if the
+        run never started such a task."""
+        starts = self.task_starts()
+        hits = [i for i, (task, _) in enumerate(starts) if any(n in task for n in names)]
+        if not hits:
+            return None
+        end = starts[hits[-1] + 1][1] if hits[-1] + 1 < len(starts) else starts[hits[-1]][1] + 1
+        return starts[hits[0]][1], max(end, starts[hits[0]][1] + 1)
 
     def tail(self, lines: int = 80) -> str:
         return "\n".join(self.output.splitlines()[-lines:])

@@ -70,6 +70,10 @@ RELEASE_HEADER = "X-App-Release"
 DEFAULT_MIX: Mapping[str, float] = {"list": 0.35, "get": 0.35, "create": 0.30}
 #: Lag above this counts a request as "late" in the totals.
 LATE_THRESHOLD = 0.050
+#: A second in which more than this share of the requests (and more than one) were late is a
+#: second the generator fell behind: it measured itself, not the server. Judged per second,
+#: so a stall is never averaged away over a long run.
+BEHIND_SHARE = 0.10
 #: How many failures are kept with their details (all are counted).
 FAILURE_DETAILS = 500
 
@@ -190,6 +194,7 @@ class LoadResult:
             row["sent"] += 1
             row["failed"] += 0 if s.ok else 1
         late = sum(1 for lag in lags if lag > LATE_THRESHOLD)
+        behind = self.behind_seconds()
         return {
             "sent": self.sent,
             "ok": self.ok,
@@ -210,9 +215,28 @@ class LoadResult:
                 "late": late,
                 "late_threshold_ms": LATE_THRESHOLD * 1000,
             },
-            # The generator, not the server, could not keep the timetable.
-            "generator_behind": late > max(1, self.sent // 100),
+            # The generator, not the server, could not keep its timetable in these seconds.
+            "behind_seconds": behind,
+            "generator_behind": bool(behind),
         }
+
+    def behind_seconds(self) -> list[int]:
+        """The seconds in which the generator itself fell behind its timetable."""
+        return [
+            row["second"]
+            for row in self.per_second()
+            if row["late"] > max(1, BEHIND_SHARE * row["sent"])
+        ]
+
+    def worst_second(self, start: float, end: float) -> dict[str, Any] | None:
+        """The row with the highest p99 latency among the seconds that overlap [start, end)
+        (epoch seconds: e.g. a playbook phase); None if no request was sent then."""
+        rows = [
+            row
+            for row in self.per_second()
+            if row["sent"] and row["time"] < end and row["time"] + 1 > start
+        ]
+        return max(rows, key=lambda row: row["p99_ms"] or 0.0, default=None)
 
     def releases(self) -> list[dict[str, Any]]:
         """Each ``X-App-Release`` seen, in order of first appearance, with when and how often."""
@@ -273,6 +297,7 @@ class LoadResult:
                     "failed": len(failed),
                     **_latency_stats([s.latency for s in samples]),
                     "lag_max_ms": _ms(max((s.lag for s in samples), default=None)),
+                    "late": sum(1 for s in samples if s.lag > LATE_THRESHOLD),
                     # In order of first answer within the second; "-": no release header.
                     "releases": list(
                         dict.fromkeys(s.release for s in answered if s.release is not None)
@@ -342,7 +367,11 @@ class LoadResult:
             f"latency p50 {lat['p50_ms']} ms, p90 {lat['p90_ms']} ms, p99 {lat['p99_ms']} ms, "
             f"max {lat['max_ms']} ms; generator lag p99 {lag['p99_ms']} ms, "
             f"max {lag['max_ms']} ms, {lag['late']} late"
-            + (" (GENERATOR FELL BEHIND)" if t["generator_behind"] else ""),
+            + (
+                f" (GENERATOR FELL BEHIND in seconds {t['behind_seconds'][:20]})"
+                if t["generator_behind"]
+                else ""
+            ),
         ]
         if t["failed"]:
             kinds = dict(Counter(s.outcome for s in self.samples if not s.ok))
