@@ -9,9 +9,11 @@ VENV      := .venv
 BIN       := $(VENV)/bin
 STAMPS    := .lab/stamps
 # netavark + aardvark-dns by name: with --no-install-recommends podman would fall back to CNI
-# networking without DNS, and no lab host could resolve another (docs/lab.md).
-APT_PACKAGES := podman runc netavark aardvark-dns debootstrap uidmap python3-venv python3-dev \
-                openssh-client openssl git postgresql-15 postgresql-client-15 ca-certificates curl
+# networking without DNS, and no lab host could resolve another; netavark sets up the
+# network's NAT with iptables, which nothing else pulls in (docs/lab.md).
+APT_PACKAGES := podman runc netavark aardvark-dns iptables debootstrap uidmap python3-venv \
+                python3-dev openssh-client openssl git postgresql-15 postgresql-client-15 \
+                ca-certificates curl
 # Molecule scenarios run by `make test`, in this order (each owns its containers and network).
 MOLECULE_SCENARIOS ?= base postgresql fastapi_app edge hardening cluster
 
@@ -77,7 +79,7 @@ lint: setup  ## ruff, mypy, yamllint, ansible-lint (production profile)
 	$(BIN)/ansible-lint
 
 test-app: setup  ## pytest: the service against a real PostgreSQL, the static security checks, role helpers
-	$(BIN)/pytest tests/app tests/security tests/roles -q
+	$(BIN)/pytest tests/app tests/security tests/roles tests/tools -q
 
 test-molecule: setup  ## molecule test for every scenario in MOLECULE_SCENARIOS
 	$(PYTHON) lab/lab.py image

@@ -21,6 +21,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -125,12 +126,29 @@ def prerequisite_problems(info: dict[str, str], dns_helper: bool) -> list[str]:
     return problems
 
 
+# The commands the lab runs (directly or through podman), and the package that has each.
+TOOLS = {
+    "podman": "podman",
+    "runc": "runc",
+    "iptables": "iptables (netavark sets up the network's NAT with it)",
+    "debootstrap": "debootstrap",
+    "ssh-keygen": "openssh-client",
+    "openssl": "openssl",
+    "curl": "curl",
+}
+
+
+def missing_tools(which: Callable[[str], str | None] = shutil.which) -> list[str]:
+    """The packages to install for each command the lab needs that is not on PATH."""
+    return [package for tool, package in TOOLS.items() if not which(tool)]
+
+
 def cmd_check(_: argparse.Namespace) -> None:
-    missing = [
-        t for t in ("podman", "debootstrap", "ssh-keygen", "openssl", "curl") if not shutil.which(t)
-    ]
+    missing = missing_tools()
     if missing:
-        raise SystemExit(f"lab: not installed: {', '.join(missing)}. {SETUP_HINT}")
+        raise SystemExit(
+            "lab: not installed: " + "; ".join(missing) + f". apt-get install them: {SETUP_HINT}"
+        )
     info = podman_info()
     dns_helper = Path("/usr/lib/podman/aardvark-dns").exists() or bool(shutil.which("aardvark-dns"))
     problems = prerequisite_problems(info, dns_helper)
