@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+import secrets
 from pathlib import Path
 
+from tests.helpers.logscan import LogSource, scan_for_secrets
 from tests.lab.ansible_run import lab_exec, run_playbook
 from tests.lab.cluster.conftest import APP_HOSTS, edge, edge_json
 
 LAB_DB_PASSWORD = "lab-db-pass-1"  # inventories/lab/group_vars/all.yml
+APP1_URL = f"http://{APP_HOSTS['app1']}:8000"
 
 
 def test_every_app_host_is_healthy_with_the_same_release() -> None:
@@ -47,5 +50,15 @@ def test_check_diff_changes_nothing_and_shows_no_secret() -> None:
     assert run.rc == 0, run.tail()
     assert run.recap and run.changed == 0, run.recap
     assert LAB_DB_PASSWORD not in run.output
-    journal = lab_exec("app1", "journalctl -u notes --no-pager -o cat | tail -n 2000").stdout
-    assert LAB_DB_PASSWORD not in journal
+    # The app's journal, with a positive control: a request carrying a marker as its request
+    # id, which the app logs (an empty or unread journal would hide any secret).
+    marker = f"fm-logscan-{secrets.token_hex(8)}"
+    lab_exec("lb1", f"curl -s -m 3 -o /dev/null -H 'X-Request-ID: {marker}' {APP1_URL}/health")
+    source = LogSource("notes journal", command="journalctl -u notes --no-pager -o cat")
+    problems = scan_for_secrets(
+        lambda script: lab_exec("app1", script).stdout,
+        [source],
+        {source.name: marker},
+        [LAB_DB_PASSWORD],
+    )
+    assert not problems, "\n".join(problems)
