@@ -23,9 +23,13 @@ def wait_for_port(port: int, host: str = "127.0.0.1", timeout: float = 30.0) -> 
         try:
             with socket.create_connection((host, port), timeout=0.5):
                 return
-        except OSError:
+        except OSError as exc:
+            # Refused: nothing listens yet. Any other error (a name that does not resolve, no
+            # route) is named: it is not "nothing listens".
             if time.monotonic() > deadline:
-                raise TimeoutError(f"nothing listens on {host}:{port} after {timeout}s") from None
+                raise TimeoutError(
+                    f"{host}:{port} not accepting connections after {timeout}s; last error: {exc!r}"
+                ) from exc
             time.sleep(0.05)
 
 

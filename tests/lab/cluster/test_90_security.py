@@ -26,6 +26,7 @@ from tests.helpers.logscan import (
     LogSource,
     scan_for_secrets,
 )
+from tests.helpers.probe import probe_command, probe_problems
 from tests.lab.ansible_run import ROOT, lab_exec, run_playbook
 from tests.lab.cluster.conftest import APP_HOSTS, LB_IP, SITE
 
@@ -36,26 +37,17 @@ APP = "notes"
 # A second secret, given only to the check run below: it must not surface anywhere either.
 NEW_SECRET = f"fm-sec-{secrets.token_hex(12)}"
 
-PROBE = r"""
-import json, socket, sys
-from concurrent.futures import ThreadPoolExecutor
-def probe(target):
-    host, port = target.rsplit(":", 1)
-    s = socket.socket(); s.settimeout(1.5)
-    try:
-        s.connect((host, int(port))); return target, "open"
-    except ConnectionRefusedError: return target, "refused"
-    except OSError: return target, "timeout"
-    finally: s.close()
-with ThreadPoolExecutor(16) as pool:
-    print(json.dumps(dict(pool.map(probe, sys.argv[1:]))))
-"""
-
 
 def probe(source: str, *targets: str) -> dict[str, str]:
-    """TCP connect from a lab container: open, refused (nothing listens) or timeout (dropped)."""
-    out = lab_exec(source, f"python3 -c '{PROBE}' {' '.join(targets)}")
-    return json.loads(out.stdout)
+    """TCP connect from a lab container: open, refused (nothing listens) or timeout (dropped).
+    Fails when a target got no firewall verdict (unresolved, unreachable, error) or when
+    nothing was open: every call carries an open target as its positive control."""
+    out = lab_exec(source, probe_command(targets))
+    seen: dict[str, str] = json.loads(out.stdout)
+    problems = probe_problems(seen, targets)
+    if problems:
+        pytest.fail(f"{source} probing {targets}: " + "; ".join(problems))
+    return seen
 
 
 def listening_tcp_ports(host: str) -> set[int]:
@@ -296,12 +288,16 @@ def test_the_lb_exposes_only_80_and_443_to_an_outsider() -> None:
 
 def test_the_app_port_and_postgresql_are_closed_to_an_outsider_open_to_their_peers() -> None:
     targets = [f"{ip}:8000" for ip in APP_HOSTS.values()] + [f"{DB_IP}:5432"]
-    assert set(probe(OUTSIDER, *targets).values()) == {"timeout"}, "an outsider reaches them"
+    # The outsider's positive control: the edge's 443, open to everyone, in the same probe.
+    edge_https = f"{LB_IP}:443"
+    seen = probe(OUTSIDER, edge_https, *targets)
+    assert seen == {edge_https: "open"} | dict.fromkeys(targets, "timeout"), seen
     # The allowed groups do reach them (so the check above is about the source, not a dead port).
     assert set(probe("lb1", *targets[:2]).values()) == {"open"}
     assert probe("app1", targets[2]) == {targets[2]: "open"}
-    # And an app host is not an lb: the other app host's port is closed to it.
-    assert probe("app1", targets[1]) == {targets[1]: "timeout"}
+    # And an app host is not an lb: the other app host's port is closed to it (beside the
+    # database port, open to it: the same probe's positive control).
+    assert probe("app1", targets[1], targets[2]) == {targets[1]: "timeout", targets[2]: "open"}
 
 
 def test_metrics_are_not_served_to_the_public_through_the_lb() -> None:
