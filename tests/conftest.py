@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from tests.helpers.cli import SERVICE_VARIABLES
-from tests.helpers.pg import PgCluster, find_pg_bin, start_cluster
+from tests.helpers.pg import PgCluster, find_pg_bin, missing_pg_bin_message, start_cluster
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 # Console scripts of the interpreter running the tests (the project's venv).
@@ -36,7 +36,8 @@ def pg_cluster() -> Iterator[PgCluster]:
     """A private PostgreSQL 15 cluster on 127.0.0.1:<free port>, for the whole session."""
     bin_dir = find_pg_bin()
     if bin_dir is None:
-        pytest.skip("PostgreSQL server binaries not found (set PG_BIN to their directory)")
+        # A broken setup, not a reason to skip: every database test would pass by not running.
+        pytest.fail(missing_pg_bin_message(), pytrace=False)
     cluster = start_cluster(bin_dir)
     try:
         yield cluster

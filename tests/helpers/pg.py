@@ -40,6 +40,20 @@ def find_pg_bin() -> Path | None:
     return None
 
 
+def missing_pg_bin_message() -> str:
+    """Why find_pg_bin() found nothing, and what to install (for a test failure)."""
+    override = os.environ.get("PG_BIN")
+    if override:
+        where = f"PG_BIN={override} has no initdb and pg_ctl"
+    else:
+        where = "no initdb and pg_ctl in " + ", ".join(str(c) for c in PG_BIN_CANDIDATES)
+    return (
+        f"PostgreSQL 15 server binaries not found ({where}): install them with "
+        "`apt-get install postgresql-15` (make setup does), or set PG_BIN to the directory "
+        "that holds initdb and pg_ctl"
+    )
+
+
 @dataclass
 class PgCluster:
     """One cluster: ``start()``, ``create_database()``, ``stop()``, ``destroy()``."""
