@@ -488,15 +488,21 @@ def wait_running(host: Host, timeout: float = 60) -> str:
             break
         time.sleep(0.5)
     deadline = time.monotonic() + timeout
+    last = "no answer"
     while time.monotonic() < deadline:
         try:
             with socket.create_connection((host.ip, 22), timeout=1) as s:
-                if s.recv(4).startswith(b"SSH"):
+                banner = s.recv(4)
+                if banner.startswith(b"SSH"):
                     return state
-        except OSError:
-            pass
+                last = f"answered {banner!r}, not an SSH banner"
+        except OSError as e:  # refused while sshd starts; no route: the network is broken
+            last = f"{type(e).__name__}: {e}"
         time.sleep(0.3)
-    raise SystemExit(f"lab: {host.name} ({host.ip}) did not open SSH within {timeout:.0f} s")
+    raise SystemExit(
+        f"lab: {host.name} ({host.ip}) did not open SSH within {timeout:.0f} s "
+        f"(systemd: {state}; last attempt: {last})"
+    )
 
 
 def wanted_apps(args: argparse.Namespace) -> int:
