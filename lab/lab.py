@@ -195,9 +195,14 @@ def check_dns(want: list[Host]) -> None:
             "lab: the lab's names do not resolve inside its hosts (certbot, the firewall "
             "and every test need them):\n"
             + "\n".join(f"  - {p}" for p in problems)
-            + f"\n  podman network backend: {info['network_backend']}. Fix: apt-get install "
-            f'netavark aardvark-dns, network_backend = "netavark" in {CONTAINERS_CONF}, then '
-            "`lab.py down` and `lab.py up`"
+            + (
+                "\n  podman's network backend is netavark: its DNS server (aardvark-dns) did "
+                "not answer. Fix: `lab.py down` and `lab.py up` (starts it again)"
+                if info["network_backend"] == "netavark"
+                else f"\n  podman's network backend is {info['network_backend']}. Fix: apt-get "
+                f'install netavark aardvark-dns, network_backend = "netavark" in '
+                f"{CONTAINERS_CONF}, then `lab.py down` and `lab.py up`"
+            )
         )
     log(f"names resolve inside the hosts ({len(names)} checked from {asker})")
 
