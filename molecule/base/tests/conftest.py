@@ -11,41 +11,11 @@ from contextlib import contextmanager
 import pytest
 import testinfra
 
+from tests.helpers.probe import probe_command, probe_problems
+
 LB = "fm-svc-base-lb"
 APP = "fm-svc-base-app"
 OTHER = "fm-svc-base-other"
-
-# Runs on the client container: resolves each name first, then connects to every
-# host:port at once. "open"; "refused" (a RST: the firewall let the packet in); "timeout"
-# (no answer at all: dropped). Anything else is not a firewall verdict and is named as what
-# it is: "unresolved" (the lab's DNS), "unreachable" (no route), "error: ...".
-PROBE = r"""
-import errno, json, socket, sys
-from concurrent.futures import ThreadPoolExecutor
-
-def probe(target):
-    host, port = target.rsplit(":", 1)
-    try:
-        addr = socket.getaddrinfo(host, int(port), socket.AF_INET, socket.SOCK_STREAM)[0][4]
-    except socket.gaierror as e:
-        return f"unresolved: {e}"
-    try:
-        socket.create_connection(addr, timeout=float(sys.argv[1])).close()
-        return "open"
-    except ConnectionRefusedError:
-        return "refused"
-    except TimeoutError:
-        return "timeout"
-    except OSError as e:
-        if e.errno in (errno.EHOSTUNREACH, errno.ENETUNREACH):
-            return f"unreachable: {e}"
-        return f"error: {e}"
-
-targets = sys.argv[2:]
-with ThreadPoolExecutor(len(targets)) as pool:
-    print(json.dumps(dict(zip(targets, pool.map(probe, targets)))))
-"""
-VERDICTS = {"open", "refused", "timeout"}
 
 
 def get(name: str) -> testinfra.host.Host:
@@ -72,24 +42,18 @@ def journal(host: testinfra.host.Host, unit: str) -> str:
 
 
 def probe(client: testinfra.host.Host, *targets: str, timeout: float = 1.5) -> dict[str, str]:
-    """What `client` sees when it connects to each "host:port".
+    """What `client` sees when it connects to each "host:port" (tests/helpers/probe.py).
 
     A "timeout" proves a port is dropped only if the same probe, from the same client, saw
     another port open: every call must include a target that is open (its positive
     control), and a name that did not resolve fails here, never passes as "dropped".
     """
-    cmd = ["python3", "-c", PROBE, str(timeout), *targets]
-    out = client.run(shlex.join(cmd))
+    out = client.run(probe_command(targets, timeout))
     assert out.rc == 0, out.stderr
     seen: dict[str, str] = json.loads(out.stdout)
-    broken = {t: v for t, v in seen.items() if v not in VERDICTS}
-    if broken:
-        pytest.fail(f"{client.backend.hostname} could not probe (no firewall verdict): {broken}")
-    if "open" not in seen.values():
-        pytest.fail(
-            f"{client.backend.hostname} saw nothing open among {targets}: without a positive "
-            "control a timeout proves nothing"
-        )
+    problems = probe_problems(seen, targets)
+    if problems:
+        pytest.fail(f"{client.backend.hostname} could not probe: {problems}")
     return seen
 
 
