@@ -147,6 +147,8 @@ def finish(
     data = json.loads(path.read_text())
     data["session"] = SESSION
     staging = run.window(*STAGING_TASKS) if run is not None else None
+    if run is not None:
+        assert staging is not None, f"no staging task ({STAGING_TASKS}) in the run's output"
     if staging is not None:
         worst = result.worst_second(*staging)
         data["staging"] = {"start": staging[0], "end": staging[1], "worst_second": worst}
@@ -358,5 +360,6 @@ def test_zero_drop(run: str) -> None:
     print(f"{run}: {totals['sent']} sent, {totals['failed']} failed")
     assert totals["sent"] >= MIN_SENT[run], f"{run}: {totals['sent']} sent, < {MIN_SENT[run]}"
     assert totals["failed"] == 0, result.summary()
-    # In a second the generator fell behind it measured itself, not the server.
-    assert not totals["behind_seconds"], result.summary()
+    # In a second the generator fell behind it measured itself, not the server (and a little
+    # late in every second adds up: the run's share of late requests counts too).
+    assert not totals["generator_behind"], result.summary()
