@@ -72,8 +72,8 @@ lab-status:  ## Show the lab's hosts
 	$(PYTHON) lab/lab.py status
 
 lint: setup  ## ruff, mypy, yamllint, ansible-lint (production profile)
-	$(BIN)/ruff check .
-	$(BIN)/ruff format --check .
+	$(BIN)/ruff check --no-cache .
+	$(BIN)/ruff format --no-cache --check .
 	$(BIN)/mypy
 	$(BIN)/yamllint --strict .
 	$(BIN)/ansible-lint
