@@ -138,19 +138,31 @@ TOOLS = {
 }
 
 
-def missing_tools(which: Callable[[str], str | None] = shutil.which) -> list[str]:
-    """The packages to install for each command the lab needs that is not on PATH."""
-    return [package for tool, package in TOOLS.items() if not which(tool)]
+def _which(tool: str) -> str | None:
+    # runc, iptables and debootstrap live in /usr/sbin, which a non-root PATH may lack.
+    return shutil.which(tool, path=f"{os.environ.get('PATH', '')}:/usr/sbin:/sbin")
+
+
+def missing_tools(
+    which: Callable[[str], str | None] = _which, own_image: bool = False
+) -> list[str]:
+    """The packages to install for each command the lab needs that is not on PATH
+    (debootstrap only when the lab builds its own image, i.e. LAB_IMAGE is not given)."""
+    return [
+        package
+        for tool, package in TOOLS.items()
+        if not which(tool) and not (tool == "debootstrap" and own_image)
+    ]
 
 
 def cmd_check(_: argparse.Namespace) -> None:
-    missing = missing_tools()
+    missing = missing_tools(own_image=bool(os.environ.get("LAB_IMAGE")))
     if missing:
         raise SystemExit(
             "lab: not installed: " + "; ".join(missing) + f". apt-get install them: {SETUP_HINT}"
         )
     info = podman_info()
-    dns_helper = Path("/usr/lib/podman/aardvark-dns").exists() or bool(shutil.which("aardvark-dns"))
+    dns_helper = Path("/usr/lib/podman/aardvark-dns").exists() or bool(_which("aardvark-dns"))
     problems = prerequisite_problems(info, dns_helper)
     if problems:
         raise SystemExit(
@@ -161,48 +173,72 @@ def cmd_check(_: argparse.Namespace) -> None:
     log("podman: " + ", ".join(f"{k}={v}" for k, v in info.items()))
 
 
-def resolution_problems(host: str, want: dict[str, str]) -> list[str]:
-    """Ask `host` for every lab name (its resolver: aardvark-dns); what is wrong, if any."""
-    script = (
-        "import json, socket, sys\n"
-        "out = {}\n"
-        "for n in sys.argv[1:]:\n"
-        "    try:\n"
-        "        out[n] = sorted({a[4][0] for a in socket.getaddrinfo(n, None, socket.AF_INET)})\n"
-        "    except OSError as e:\n"
-        "        out[n] = str(e)\n"
-        "print(json.dumps(out))\n"
-    )
-    got = podman("exec", host, "python3", "-c", script, *want, check=False)
-    if got.returncode != 0:
-        return [f"{host}: could not run a name lookup: {got.stderr.strip()}"]
-    seen = json.loads(got.stdout)
-    return [
-        f"{host} resolves {name} to {seen.get(name)!r}, expected [{ip!r}]"
-        for name, ip in want.items()
-        if seen.get(name) != [ip]
-    ]
+# Run inside a lab host: every name given, to the IPv4 addresses its resolver answers.
+RESOLVE_PY = """
+import json, socket, sys
+out = {}
+for n in sys.argv[1:]:
+    try:
+        out[n] = sorted({a[4][0] for a in socket.getaddrinfo(n, None, socket.AF_INET)})
+    except OSError as e:
+        out[n] = str(e)
+print(json.dumps(out))
+"""
+
+
+def resolution_problems(asker: str, want: dict[str, str], seen: dict[str, object]) -> list[str]:
+    """What `asker` got wrong: names it could not resolve, names at another address."""
+    problems = []
+    for name, ip in want.items():
+        got = seen.get(name, "no answer")
+        if isinstance(got, str):
+            problems.append(f"{asker} cannot resolve {name} ({got}); expected {ip}")
+        elif got != [ip]:
+            problems.append(
+                f"{asker} resolves {name} to {got}, expected [{ip}] (a stale container or "
+                "network record: `lab.py down` and `lab.py up`)"
+            )
+    return problems
+
+
+def dns_fix(problems: list[str], backend: str) -> str:
+    """The fix to print for `problems`: the backend, or aardvark-dns not answering."""
+    if backend != "netavark":
+        return (
+            f"podman's network backend is {backend}. Fix: apt-get install netavark "
+            f'aardvark-dns, network_backend = "netavark" in {CONTAINERS_CONF}, then '
+            "`lab.py down` and `lab.py up`"
+        )
+    if any("cannot resolve" in p for p in problems):
+        return (
+            "podman's network backend is netavark: its DNS server (aardvark-dns) did not "
+            "answer. Fix: `lab.py down` and `lab.py up` (starts it again)"
+        )
+    return "Fix: `lab.py down` and `lab.py up`"
 
 
 def check_dns(want: list[Host]) -> None:
     names = {h.name: h.ip for h in want}
     names.update({alias: h.ip for h in want for alias in h.aliases})
     asker = next(h.name for h in want if h.name != "acme")
-    problems = resolution_problems(asker, names)
+    got = podman("exec", asker, "python3", "-c", RESOLVE_PY, *names, check=False)
+    try:
+        seen = json.loads(got.stdout) if got.returncode == 0 else None
+    except json.JSONDecodeError:
+        seen = None
+    if not isinstance(seen, dict):
+        raise SystemExit(
+            f"lab: could not look names up inside {asker} (it needs python3): "
+            f"{(got.stderr or got.stdout).strip()[-500:]}"
+        )
+    problems = resolution_problems(asker, names, seen)
     if problems:
-        info = podman_info()
         raise SystemExit(
             "lab: the lab's names do not resolve inside its hosts (certbot, the firewall "
             "and every test need them):\n"
             + "\n".join(f"  - {p}" for p in problems)
-            + (
-                "\n  podman's network backend is netavark: its DNS server (aardvark-dns) did "
-                "not answer. Fix: `lab.py down` and `lab.py up` (starts it again)"
-                if info["network_backend"] == "netavark"
-                else f"\n  podman's network backend is {info['network_backend']}. Fix: apt-get "
-                f'install netavark aardvark-dns, network_backend = "netavark" in '
-                f"{CONTAINERS_CONF}, then `lab.py down` and `lab.py up`"
-            )
+            + "\n  "
+            + dns_fix(problems, podman_info()["network_backend"])
         )
     log(f"names resolve inside the hosts ({len(names)} checked from {asker})")
 

@@ -52,3 +52,38 @@ def test_missing_commands_name_their_packages(lab: ModuleType) -> None:
         "iptables (netavark sets up the network's NAT with it)",
         "openssh-client",
     ]
+
+
+def test_debootstrap_is_not_needed_with_an_image_of_ones_own(lab: ModuleType) -> None:
+    def which(tool: str) -> str | None:
+        return None if tool == "debootstrap" else f"/usr/sbin/{tool}"
+
+    assert lab.missing_tools(which) == ["debootstrap"]
+    assert lab.missing_tools(which, own_image=True) == []
+
+
+WANT = {"app1": "10.89.50.31", "app.lab.test": "10.89.50.10"}
+
+
+def test_names_that_resolve_to_their_addresses_are_no_problem(lab: ModuleType) -> None:
+    seen = {"app1": ["10.89.50.31"], "app.lab.test": ["10.89.50.10"]}
+    assert lab.resolution_problems("lb1", WANT, seen) == []
+
+
+def test_an_unresolved_name_blames_the_dns_server_or_the_backend(lab: ModuleType) -> None:
+    seen = {"app1": "[Errno -2] Name or service not known", "app.lab.test": ["10.89.50.10"]}
+    problems = lab.resolution_problems("lb1", WANT, seen)
+    assert problems == [
+        "lb1 cannot resolve app1 ([Errno -2] Name or service not known); expected 10.89.50.31"
+    ]
+    assert "(aardvark-dns) did not answer" in lab.dns_fix(problems, "netavark")
+    assert "apt-get install netavark aardvark-dns" in lab.dns_fix(problems, "cni")
+
+
+def test_a_name_at_another_address_is_a_stale_record_not_a_dead_dns(lab: ModuleType) -> None:
+    seen = {"app1": ["10.89.50.99"]}  # and app.lab.test not answered at all
+    problems = lab.resolution_problems("lb1", WANT, seen)
+    assert problems[0].startswith("lb1 resolves app1 to ['10.89.50.99'], expected [10.89.50.31]")
+    assert "stale" in problems[0]
+    assert problems[1] == "lb1 cannot resolve app.lab.test (no answer); expected 10.89.50.10"
+    assert lab.dns_fix(problems[:1], "netavark") == "Fix: `lab.py down` and `lab.py up`"
