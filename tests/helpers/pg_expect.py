@@ -259,48 +259,113 @@ IMPLICIT = [
     ({"meta": {"key": "nfproto"}}, "==", "ipv6"),
     ({"meta": {"key": "l4proto"}}, "==", "tcp"),
 ]
+# The base role's rules that accept without a port match and open no port (nft -j shapes):
+# "iif "lo" accept" and "ct state established,related accept" (roles/base/templates/
+# nftables.conf.j2). Recognised exactly, and nothing else that accepts every port.
+ACCEPT = {"accept": None}
+LOOPBACK = {"op": "==", "left": {"meta": {"key": "iif"}}, "right": "lo"}
+ESTABLISHED = {"op": "in", "left": {"ct": {"key": "state"}}, "right": ["established", "related"]}
+# Payload protocols of other transports: a rule matching one never matches TCP.
+NOT_TCP = frozenset({"udp", "udplite", "sctp", "dccp", "icmp", "icmpv6"})
+# Everyone, per the family of a rule without a source match.
+EVERYONE = {"inet": {"0.0.0.0/0", "::/0"}, "ip": {"0.0.0.0/0"}, "ip6": {"::/0"}}
+NFPROTO_EVERYONE = {"ipv4": "0.0.0.0/0", "ipv6": "::/0"}
+
+
+ChainKey = tuple[str, str, str]  # family, table, name
+
+
+def _chains(items: Iterable[Mapping[str, Any]]) -> tuple[set[ChainKey], set[ChainKey]]:
+    """The chains the listing describes, and those of them hooked on input."""
+    described: set[ChainKey] = set()
+    hooked: set[ChainKey] = set()
+    for item in items:
+        chain = item.get("chain")
+        if chain:
+            key = (chain.get("family"), chain.get("table"), chain.get("name"))
+            described.add(key)
+            if chain.get("hook") == "input":
+                hooked.add(key)
+    return described, hooked
 
 
 def tcp_port_accept_sources(ruleset: str | Mapping[str, Any], port: int) -> set[str]:
-    """Who the accept rules of ``nft -j list ...`` open TCP ``port`` to, as networks.
+    """Who the input chain of ``nft -j list ...`` opens TCP ``port`` to, as networks.
 
-    Only rules that match ``tcp dport`` on ``port`` count (a rule accepting every port from
-    somewhere is the base role's business, checked by its scenario).
+    Every accept rule of a chain hooked on input counts (a rule of a chain the listing does
+    not describe too: it may be one): one with a ``tcp``/``th dport`` match on ``port``, and
+    one without any port match, which opens every port. Not counted: the base role's
+    ``iif "lo" accept`` and ``ct state established,related accept`` (recognised exactly), and
+    rules that match another transport (``udp dport``, ``meta l4proto { icmp, ipv6-icmp }``).
 
-    "any" for an accept rule on the port without a source match; a rule with another
-    condition (other than ``ip``/``ip6 saddr`` and ``tcp dport``) on the port is reported
-    whole, so that it shows up in a comparison instead of being read as something else.
+    A rule's sources are its ``ip``/``ip6 saddr`` networks; without a source match, everyone
+    of its family ("0.0.0.0/0", "::/0"). A rule with another condition (an interface, a
+    ``ct`` state, a ``jump``) is reported whole, so that it shows up in a comparison instead
+    of being read as something else; so is an input chain whose policy is not drop.
     """
-    if isinstance(ruleset, str):
-        ruleset = json.loads(ruleset)
+    data: Mapping[str, Any] = json.loads(ruleset) if isinstance(ruleset, str) else ruleset
+    items = data.get("nftables", [])
+    described, hooked = _chains(items)
     sources: set[str] = set()
-    for item in ruleset.get("nftables", []):
+    for item in items:
+        chain = item.get("chain")
+        if chain and chain.get("hook") == "input" and chain.get("policy", "accept") != "drop":
+            sources.add(f"policy {chain.get('policy', 'accept')}: chain {chain.get('name')}")
         rule = item.get("rule")
-        if not rule or not any("accept" in e for e in rule.get("expr", [])):
+        if not rule:
             continue
-        on_port, rule_sources, other = False, None, []
-        for expr in rule["expr"]:
+        key = (rule.get("family"), rule.get("table"), rule.get("chain"))
+        if key in described and key not in hooked:
+            continue
+        exprs = list(rule.get("expr", []))
+        verdicts = [e for e in exprs if {"accept", "jump", "goto"} & set(e)]
+        if not verdicts:
+            continue
+        if exprs in ([{"match": LOOPBACK}, ACCEPT], [{"match": ESTABLISHED}, ACCEPT]):
+            continue
+        port_match: bool | None = None  # None: no port match (every port)
+        tcp = True  # False: the rule matches another transport only
+        rule_sources: set[str] | None = None
+        nfproto: str | None = None
+        other: list[Any] = []
+        for expr in exprs:
             match = expr.get("match")
             if match is None:
-                if not ({"accept", "counter"} & set(expr)):
+                if "accept" not in expr and "counter" not in expr:
                     other.append(expr)
                 continue
-            left = match.get("left", {}).get("payload", {})
+            left = match.get("left", {})
+            payload = left.get("payload", {})
             values = _values(match.get("right"))
-            if (match.get("left"), match.get("op"), match.get("right")) in IMPLICIT:
+            if (left, match.get("op"), match.get("right")) in IMPLICIT:
+                if left == {"meta": {"key": "nfproto"}}:
+                    nfproto = match.get("right")
                 continue
             if match.get("op") not in ("==", "in"):
                 other.append(expr)
-            elif left == {"protocol": "tcp", "field": "dport"}:
-                on_port = any(_port_matches(v, port) for v in values)
-            elif left.get("field") == "saddr" and left.get("protocol") in ("ip", "ip6"):
+            elif left == {"meta": {"key": "l4proto"}}:
+                tcp = tcp and "tcp" in values
+            elif payload.get("protocol") in NOT_TCP:
+                tcp = False
+            elif payload.get("field") == "dport" and payload.get("protocol") in ("tcp", "th"):
+                # Two port matches: the rule needs both.
+                port_match = port_match is not False and any(_port_matches(v, port) for v in values)
+            elif (
+                payload.get("field") == "saddr"
+                and payload.get("protocol") in ("ip", "ip6")
+                and rule_sources is None
+            ):
                 rule_sources = {_source(v) for v in values}
             else:
                 other.append(expr)
-        if not on_port:
+        if not tcp or port_match is False:
             continue
         if other:
-            sources.add("rule with other conditions: " + json.dumps(rule["expr"], sort_keys=True))
+            sources.add("rule with other conditions: " + json.dumps(exprs, sort_keys=True))
+        elif rule_sources is not None:
+            sources |= rule_sources
+        elif nfproto in NFPROTO_EVERYONE:
+            sources.add(NFPROTO_EVERYONE[nfproto])
         else:
-            sources |= rule_sources if rule_sources is not None else {"any"}
+            sources |= EVERYONE.get(rule.get("family"), {"0.0.0.0/0", "::/0"})
     return sources

@@ -15,6 +15,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import jinja2
 import pytest
@@ -36,6 +37,7 @@ from tests.helpers.pg_expect import (
     listening_addresses,
     tcp_port_accept_sources,
 )
+from tests.roles.fixtures.nftables.record import render_db_host
 
 TEMPLATE = Path(__file__).resolve().parents[2] / "roles/postgresql/templates/pg_hba.conf.j2"
 APP = "10.89.0.5"
@@ -236,11 +238,21 @@ def test_listening_addresses_of_the_local_server(pg: PgCluster) -> None:
 
 
 # -- nftables -------------------------------------------------------------------------------
-def _rule(*expr: dict) -> dict:
-    return {"rule": {"family": "inet", "table": "fastapi_metal", "chain": "input", "expr": expr}}
+# What nft -j prints for the base role's table on a db host, and for rules added to its input
+# chain: recorded by tests/roles/fixtures/nftables/record.py in a private network namespace.
+NFT = Path(__file__).resolve().parent / "fixtures/nftables"
+ROLE_TABLE: dict[str, Any] = json.loads((NFT / "db.json").read_text())
+RECORDED_RULES: dict[str, list[dict[str, Any]]] = json.loads((NFT / "rules.json").read_text())
+CONTROLLER = "10.89.50.1"  # record.py's SSH source; its 5432 source is APP
 
 
-def _match(protocol: str, field: str, right: object) -> dict:
+def _rule(*expr: dict[str, Any], chain: str = "input") -> dict[str, Any]:
+    return {
+        "rule": {"family": "inet", "table": "fastapi_metal", "chain": chain, "expr": list(expr)}
+    }
+
+
+def _match(protocol: str, field: str, right: object) -> dict[str, Any]:
     return {
         "match": {
             "op": "==",
@@ -250,25 +262,117 @@ def _match(protocol: str, field: str, right: object) -> dict:
     }
 
 
+def _opens_5432(item: dict[str, Any]) -> bool:
+    return "rule" in item and _match("tcp", "dport", 5432) in item["rule"]["expr"]
+
+
 ACCEPT = {"accept": None}
-BASE = [
-    _rule(
-        {
-            "match": {
-                "op": "in",
-                "left": {"ct": {"key": "state"}},
-                "right": ["established", "related"],
-            }
-        },
-        ACCEPT,
-    ),
-    _rule({"match": {"op": "==", "left": {"meta": {"key": "iif"}}, "right": "lo"}}, ACCEPT),
-    _rule(_match("tcp", "dport", 22), ACCEPT),
-]
+# The role's table without its 5432 rule: the tests below add their own.
+BASE = [item for item in ROLE_TABLE["nftables"] if not _opens_5432(item)]
 
 
-def _ruleset(*rules: dict) -> str:
-    return json.dumps({"nftables": [{"metainfo": {"json_schema_version": 1}}, *BASE, *rules]})
+def _ruleset(*rules: dict[str, Any]) -> str:
+    return json.dumps({"nftables": [*BASE, *rules]})
+
+
+def _role_table_with(*items: dict[str, Any]) -> dict[str, Any]:
+    return {"nftables": [*ROLE_TABLE["nftables"], *items]}
+
+
+def test_the_recorded_table_is_the_role_template_rendered() -> None:
+    # The recording is only evidence while the template renders what was recorded.
+    assert render_db_host() == (NFT / "db.nft").read_text(), (
+        "roles/base/templates/nftables.conf.j2 changed: run"
+        " tests/roles/fixtures/nftables/record.py as root to record it again"
+    )
+    assert len(BASE) == len(ROLE_TABLE["nftables"]) - 1
+
+
+def test_the_role_table_opens_5432_to_the_app_ssh_to_the_controller_and_nothing_else() -> None:
+    # Loopback, established/related and ICMP accept without a port match: recognised, not
+    # read as opening every port.
+    assert tcp_port_accept_sources(ROLE_TABLE, 5432) == {f"{APP}/32"}
+    assert tcp_port_accept_sources(ROLE_TABLE, 22) == {f"{CONTROLLER}/32"}
+    assert tcp_port_accept_sources(ROLE_TABLE, 8000) == set()
+
+
+EVERYONE = {"0.0.0.0/0", "::/0"}
+
+
+@pytest.mark.parametrize(
+    ("rule", "extra"),
+    [
+        # No port match: every port, 5432 included.
+        ("ip saddr 0.0.0.0/0 accept", {"0.0.0.0/0"}),
+        ("accept", EVERYONE),
+        ("ip6 saddr ::/0 accept", {"::/0"}),
+        ("ip saddr 10.0.0.0/8 counter accept", {"10.0.0.0/8"}),
+        ("meta nfproto ipv4 accept", {"0.0.0.0/0"}),
+        # th dport and tcp dport alike (nft 1.0.6 prints the first as "tcp dport").
+        ("meta l4proto tcp th dport 5432 accept", EVERYONE),
+        ("th dport 5432 accept", EVERYONE),
+        ("meta l4proto { tcp, udp } th dport 5432 accept", EVERYONE),
+        ("tcp dport 5000-6000 accept", EVERYONE),
+        # Not the base role's rules, though close to them: reported whole.
+        ('iifname "eth0" accept', {"rule with other conditions"}),
+        ("ct state established accept", {"rule with other conditions"}),
+    ],
+)
+def test_any_accept_rule_reaching_5432_is_counted(rule: str, extra: set[str]) -> None:
+    listing = _role_table_with(_rule(*RECORDED_RULES[rule]))
+    found = {
+        "rule with other conditions" if s.startswith("rule with other conditions: ") else s
+        for s in tcp_port_accept_sources(listing, 5432)
+    }
+    assert found == {f"{APP}/32"} | extra
+    with pytest.raises(AssertionError, match="extra: "):
+        assert_same("5432 opened to", tcp_port_accept_sources(listing, 5432), {f"{APP}/32"})
+
+
+def test_meta_l4proto_tcp_beside_th_dport_is_read_as_tcp_dport() -> None:
+    # How an nft that keeps the two apart prints "meta l4proto tcp th dport 5432 accept".
+    l4proto_tcp = {"match": {"op": "==", "left": {"meta": {"key": "l4proto"}}, "right": "tcp"}}
+    listing = _role_table_with(_rule(l4proto_tcp, _match("th", "dport", 5432), ACCEPT))
+    assert tcp_port_accept_sources(listing, 5432) == {f"{APP}/32"} | EVERYONE
+
+
+@pytest.mark.parametrize(
+    "rule", ["udp dport 5432 accept", "meta l4proto udp accept", "tcp dport 22 accept"]
+)
+def test_a_rule_for_another_transport_or_port_does_not_open_5432(rule: str) -> None:
+    listing = _role_table_with(_rule(*RECORDED_RULES[rule]))
+    assert tcp_port_accept_sources(listing, 5432) == {f"{APP}/32"}
+
+
+def test_only_the_input_chain_counts_and_its_policy_must_be_drop() -> None:
+    output = {
+        "chain": {
+            "family": "inet",
+            "table": "fastapi_metal",
+            "name": "output",
+            "handle": 9,
+            "type": "filter",
+            "hook": "output",
+            "prio": 0,
+            "policy": "accept",
+        }
+    }
+    listing = _role_table_with(output, _rule(ACCEPT, chain="output"))
+    assert tcp_port_accept_sources(listing, 5432) == {f"{APP}/32"}
+    # A rule of a chain the listing does not describe may be in the input chain: counted.
+    listing = _role_table_with(_rule(ACCEPT, chain="elsewhere"))
+    assert tcp_port_accept_sources(listing, 5432) == {f"{APP}/32"} | EVERYONE
+    # An input chain that accepts what no rule drops.
+    listing = json.loads(json.dumps(ROLE_TABLE))
+    chain = next(i["chain"] for i in listing["nftables"] if "chain" in i)
+    chain["policy"] = "accept"
+    assert tcp_port_accept_sources(listing, 5432) == {f"{APP}/32", "policy accept: chain input"}
+
+
+def test_a_jump_from_the_input_chain_is_reported_whole() -> None:
+    listing = _role_table_with(_rule(_match("tcp", "dport", 5432), {"jump": {"target": "x"}}))
+    (jump,) = tcp_port_accept_sources(listing, 5432) - {f"{APP}/32"}
+    assert jump.startswith("rule with other conditions: ") and '"jump"' in jump
 
 
 @pytest.mark.parametrize(
@@ -296,7 +400,7 @@ def test_nft_5432_sources_equal_the_app_hosts(rules: list[dict], expected: set[s
 @pytest.mark.parametrize(
     ("rules", "extra"),
     [
-        ([_rule(_match("tcp", "dport", 5432), ACCEPT)], "any"),
+        ([_rule(_match("tcp", "dport", 5432), ACCEPT)], "0.0.0.0/0"),
         (
             [
                 _rule(
