@@ -4,6 +4,9 @@
 a glob that matches no file, a directory that moved. So every source is scanned together with
 a marker, a token known to be in it (planted by the test, or one the deploy legitimately
 wrote), and a source passes only when the same command finds its marker there and no secret.
+A source may have several markers, and must hold every one: a marker planted when the test
+session started beside one planted just before the scan shows that the log still holds what
+was written in between (a journal that rotated or lost the deploy's entries does not).
 
 ``scan_command`` is pure: one bash script for any host (``podman exec``, testinfra, or a local
 ``bash -c``), whose paths are parameters so that the unit tests run it on a temporary tree.
@@ -17,7 +20,7 @@ from __future__ import annotations
 import re
 import shlex
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 
@@ -118,18 +121,32 @@ def parse_scan(
     return found
 
 
+# Per source name: its marker, or its markers (every one must be found).
+Markers = Mapping[str, str | Sequence[str]]
+
+
+def marker_tokens(marker: str | Sequence[str]) -> tuple[str, ...]:
+    """A source's markers as a tuple (a plain string is one marker, not its characters)."""
+    return (marker,) if isinstance(marker, str) else tuple(marker)
+
+
+def scan_needles(secrets: Iterable[str], markers: Markers) -> list[str]:
+    """What a scan looks for: the secrets first (named by position), then every marker."""
+    return [*secrets, *(token for m in markers.values() for token in marker_tokens(m))]
+
+
 def leak_problems(
     scans: Mapping[str, SourceScan],
     sources: Sequence[LogSource],
-    markers: Mapping[str, str],
+    markers: Markers,
     secrets: Sequence[str],
 ) -> list[str]:
     """Why the scan does not prove "no secret in these logs"; empty when it does.
 
-    ``scans`` comes from a scan with the needles ``[*secrets, *markers.values()]``. Secrets
+    ``scans`` comes from a scan with the needles ``scan_needles(secrets, markers)``. Secrets
     are named by their position only, never by value.
     """
-    needles = [*secrets, *markers.values()]
+    needles = scan_needles(secrets, markers)
     problems = []
     for source in sources:
         scan = scans.get(source.name)
@@ -143,14 +160,15 @@ def leak_problems(
             problems.append(f"{source.name}: no file matches {what}")
         elif scan.lines == 0:
             problems.append(f"{source.name}: {what} is empty")
-        marker = markers.get(source.name)
-        if marker is None:
+        tokens = marker_tokens(markers.get(source.name, ()))
+        if not tokens:
             problems.append(f"{source.name}: no marker to look for: the scan proves nothing")
-        elif scan.counts[needles.index(marker)] == 0:
-            problems.append(
-                f"{source.name}: the marker {marker} is not found in {what}: the scan does not"
-                " read what the host logs"
-            )
+        for marker in tokens:
+            if scan.counts[needles.index(marker)] == 0:
+                problems.append(
+                    f"{source.name}: the marker {marker} is not found in {what}: the scan does"
+                    " not read what the host logs, or lost what it logged"
+                )
         for k, _secret in enumerate(secrets):
             if scan.counts[k]:
                 problems.append(f"{source.name}: secret #{k + 1} is in {scan.counts[k]} line(s)")
@@ -160,7 +178,7 @@ def leak_problems(
 def scan_for_secrets(
     run: Callable[[str], str],
     sources: Sequence[LogSource],
-    markers: Mapping[str, str],
+    markers: Markers,
     secrets: Sequence[str],
     timeout: float = 10.0,
     sleep: Callable[[float], None] = time.sleep,
@@ -168,7 +186,7 @@ def scan_for_secrets(
     """Run the scan (``run`` executes a bash script on the host and returns its stdout) until
     every marker is seen or ``timeout`` passes (journald and nginx write asynchronously), and
     return the problems of the last scan. A secret found is reported at once."""
-    needles = [*secrets, *markers.values()]
+    needles = scan_needles(secrets, markers)
     script = scan_command(sources, needles)
     deadline = time.monotonic() + timeout
     while True:

@@ -11,7 +11,7 @@ a firewall verdict, or had no open target (its positive control) among the targe
 from __future__ import annotations
 
 import shlex
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 
 # Runs on the probing host (python3 of Debian): resolve, then connect to every host:port at once.
 # "open"; "refused" (a RST: the firewall let the packet in); "timeout" (no answer: dropped);
@@ -65,3 +65,10 @@ def probe_problems(seen: Mapping[str, str], targets: Sequence[str]) -> list[str]
             " a timeout proves nothing"
         )
     return problems
+
+
+def expected_verdicts(targets: Iterable[str], open_ports: Collection[int]) -> dict[str, str]:
+    """What a probe of ``targets`` must see through a firewall that admits ``open_ports`` only:
+    "open" there, and "timeout" (dropped) everywhere else. Compare the whole map for equality:
+    a "refused" is a packet the firewall let in, which "not open" would accept."""
+    return {t: "open" if int(t.rsplit(":", 1)[1]) in open_ports else "timeout" for t in targets}

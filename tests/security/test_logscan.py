@@ -15,11 +15,13 @@ from tests.helpers.logscan import (
     parse_scan,
     scan_command,
     scan_for_secrets,
+    scan_needles,
 )
 
 SECRET = "lab-db-pass-1"
 OTHER_SECRET = "fm-sec-0123456789abcdef"
 MARKER = "fm-logscan-5eed"
+SESSION_MARKER = "fm-session-0a11"  # planted when the test session started
 AUDIT_ID = "3f2c9a6e-0000-4000-8000-000000000001"  # a deploy id, legitimately in the audit log
 
 
@@ -58,17 +60,21 @@ def sources(root: Path) -> list[LogSource]:
     ]
 
 
-def markers(root: Path) -> dict[str, str]:
-    found = {s.name: MARKER for s in sources(root)}
+def markers(root: Path) -> dict[str, str | tuple[str, ...]]:
+    found: dict[str, str | tuple[str, ...]] = {s.name: MARKER for s in sources(root)}
     found["fastapi-metal audit"] = AUDIT_ID
     return found
 
 
-def check(root: Path, srcs: list[LogSource] | None = None) -> list[str]:
+def check(
+    root: Path,
+    srcs: list[LogSource] | None = None,
+    marks: dict[str, str | tuple[str, ...]] | None = None,
+) -> list[str]:
     srcs = srcs or sources(root)
     secrets = [SECRET, OTHER_SECRET]
-    marks = markers(root)
-    needles = [*secrets, *marks.values()]
+    marks = marks or markers(root)
+    needles = scan_needles(secrets, marks)
     return leak_problems(
         parse_scan(bash(scan_command(srcs, needles)), srcs, needles), srcs, marks, secrets
     )
@@ -105,7 +111,7 @@ def test_an_empty_journal_fails_where_the_old_check_passed(tree: Path) -> None:
     assert problems == [
         f"journal: cat {str(tree / 'journal.txt')!r} is empty",
         f"journal: the marker {MARKER} is not found in cat {str(tree / 'journal.txt')!r}: the"
-        " scan does not read what the host logs",
+        " scan does not read what the host logs, or lost what it logged",
     ]
 
 
@@ -124,6 +130,35 @@ def test_a_log_the_scan_does_not_read_fails(tree: Path) -> None:
     (tree / "fastapi-metal").mkdir()
     problems = check(tree)
     assert [p.split(":")[0] for p in problems] == ["fastapi-metal audit"] * 2
+
+
+def test_a_journal_that_lost_what_was_logged_since_the_session_started_fails(
+    tree: Path,
+) -> None:
+    # The session-start marker and the fresh one, both required of the journal.
+    both = markers(tree) | {"journal": (SESSION_MARKER, MARKER)}
+    journal = tree / "journal.txt"
+    journal.write_text(f"fastapi-metal-test: {SESSION_MARKER}\ndeploy ...\nfm-log-scan: {MARKER}\n")
+    assert check(tree, marks=both) == []
+    # The journal rotated away (or never kept, volatile storage) what the session and its
+    # deploys logged: only the marker planted just before the scan is left. The fresh marker
+    # alone passes; the session-start marker fails the scan.
+    journal.write_text(f"fm-log-scan: {MARKER}\n")
+    assert check(tree) == []
+    assert check(tree, marks=both) == [
+        f"journal: the marker {SESSION_MARKER} is not found in cat {str(journal)!r}: the scan"
+        " does not read what the host logs, or lost what it logged"
+    ]
+
+
+def test_every_marker_of_a_source_is_a_needle_and_a_string_is_one_marker() -> None:
+    marks = {"journal": (SESSION_MARKER, MARKER), "nginx error": MARKER, "none": ()}
+    assert scan_needles([SECRET], marks) == [SECRET, SESSION_MARKER, MARKER, MARKER]
+
+
+def test_a_source_with_an_empty_marker_list_fails(tree: Path) -> None:
+    marks = markers(tree) | {"journal": ()}
+    assert check(tree, marks=marks) == ["journal: no marker to look for: the scan proves nothing"]
 
 
 def test_a_source_without_a_marker_fails(tree: Path) -> None:

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from tests.helpers.probe import PROBE, probe_command, probe_problems
+from tests.helpers.probe import PROBE, expected_verdicts, probe_command, probe_problems
 
 
 def free_port() -> int:
@@ -105,3 +105,46 @@ def test_an_unreachable_or_unresolved_target_is_no_verdict() -> None:
 
 def test_a_target_left_out_of_the_answer_fails() -> None:
     assert probe_problems({"a:443": "open"}, ["a:443", "b:22"]) == ["b:22: not probed"]
+
+
+LB = "10.89.50.10"
+LB_TARGETS = [f"{LB}:{p}" for p in (22, 80, 443, 5432, 8000)]
+
+
+def old_lb_check(seen: dict[str, str]) -> bool:
+    """test_90_security's former check: only the set of "open" ports was compared."""
+    return {int(t.rsplit(":", 1)[1]) for t, v in seen.items() if v == "open"} == {80, 443}
+
+
+def test_the_lb_verdict_map_is_80_and_443_open_and_every_other_port_dropped() -> None:
+    assert expected_verdicts(LB_TARGETS, {80, 443}) == {
+        f"{LB}:22": "timeout",
+        f"{LB}:80": "open",
+        f"{LB}:443": "open",
+        f"{LB}:5432": "timeout",
+        f"{LB}:8000": "timeout",
+    }
+
+
+@pytest.mark.parametrize("port", [22, 5432, 8000])
+def test_a_port_the_firewall_lets_through_fails_where_the_old_check_passed(port: int) -> None:
+    # Nothing listens on it, so it answers "refused": not open, but not dropped either.
+    seen = expected_verdicts(LB_TARGETS, {80, 443}) | {f"{LB}:{port}": "refused"}
+    assert old_lb_check(seen)
+    assert seen != expected_verdicts(LB_TARGETS, {80, 443})
+
+
+def test_a_real_unfiltered_port_is_refused_not_dropped() -> None:
+    # Loopback has no firewall: a port without a listener answers "refused", which the exact
+    # map rejects (the old check, counting "open" answers only, accepted it).
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        served, unfiltered = listener.getsockname()[1], free_port()
+        targets = [f"127.0.0.1:{served}", f"127.0.0.1:{unfiltered}"]
+        out = subprocess.run(
+            ["bash", "-c", probe_command(targets)], capture_output=True, text=True, check=True
+        )
+    seen = json.loads(out.stdout)
+    assert seen != expected_verdicts(targets, {served})
+    assert seen == expected_verdicts(targets, {served}) | {targets[1]: "refused"}

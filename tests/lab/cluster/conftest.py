@@ -4,17 +4,30 @@ app2, db1, with pebble in acme). These tests drive it from the controller like a
 from __future__ import annotations
 
 import json
+import secrets
 import subprocess
 from pathlib import Path
 
 import pytest
 
-from tests.lab.ansible_run import ROOT
+from tests.lab.ansible_run import ROOT, lab_exec
 
 SITE = "app.lab.test"
 LB_IP = "10.89.50.10"
 PEBBLE_MGMT = "https://10.89.50.5:15000"
 APP_HOSTS = {"app1": "10.89.50.31", "app2": "10.89.50.32"}
+LAB_HOSTS = ("lb1", "app1", "app2", "db1")  # the converged hosts (acme runs pebble only)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def session_log_marker() -> str:
+    """A token logged to every lab host's journal before the session's first test: the
+    journal scan of test_90_security must still find it there, after the rollouts (test_20)
+    have deployed, or the journal lost what the session logged in between."""
+    token = f"fm-session-{secrets.token_hex(8)}"
+    for host in LAB_HOSTS:
+        lab_exec(host, f"logger -t fastapi-metal-test -- {token}")
+    return token
 
 
 @pytest.fixture(scope="session")

@@ -26,7 +26,7 @@ from tests.helpers.logscan import (
     LogSource,
     scan_for_secrets,
 )
-from tests.helpers.probe import probe_command, probe_problems
+from tests.helpers.probe import expected_verdicts, probe_command, probe_problems
 from tests.lab.ansible_run import ROOT, lab_exec, run_playbook
 from tests.lab.cluster.conftest import APP_HOSTS, LB_IP, SITE
 
@@ -115,8 +115,9 @@ def deploy_ids(host: str | None = None) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def log_markers() -> dict[str, dict[str, str]]:
-    """Per host and source, a token the source must hold: planted here, or already written."""
+def log_markers(session_log_marker: str) -> dict[str, dict[str, str | tuple[str, ...]]]:
+    """Per host and source, the tokens the source must hold: planted here, or already written.
+    The journal must also hold the one planted when the session started (conftest.py)."""
     for host in LOG_SOURCES:
         lab_exec(host, f"logger -t fm-log-scan -- {LOG_MARKER}")
     # nginx: an outsider asks for the private /metrics with the marker as its query and request
@@ -139,9 +140,10 @@ def log_markers() -> dict[str, dict[str, str]]:
     # certbot's log: a line appended (people read it; no program does).
     log = "/var/log/letsencrypt/letsencrypt.log"
     lab_exec("lb1", f"[ -f {log} ] && echo 'fm-log-scan {LOG_MARKER}' >> {log}", check=False)
-    markers: dict[str, dict[str, str]] = {}
+    markers: dict[str, dict[str, str | tuple[str, ...]]] = {}
     for host, sources in LOG_SOURCES.items():
         markers[host] = {s.name: LOG_MARKER for s in sources if s != DEPLOY_AUDIT}
+        markers[host][JOURNAL.name] = (session_log_marker, LOG_MARKER)
         # The deploy audit log: the id of the last deploy that reached the host (none before
         # test_20_rolling has deployed: the source then fails for want of a marker).
         if DEPLOY_AUDIT in sources and (ids := deploy_ids(host)):
@@ -151,7 +153,7 @@ def log_markers() -> dict[str, dict[str, str]]:
 
 @pytest.mark.parametrize("host", list(LOG_SOURCES))
 def test_no_secret_in_the_journal_or_any_log(
-    host: str, log_markers: dict[str, dict[str, str]]
+    host: str, log_markers: dict[str, dict[str, str | tuple[str, ...]]]
 ) -> None:
     problems = scan_for_secrets(
         lambda script: lab_exec(host, script).stdout,
@@ -280,10 +282,12 @@ def test_the_running_service_may_write_only_its_state_runtime_and_private_tmp(ho
 
 
 def test_the_lb_exposes_only_80_and_443_to_an_outsider() -> None:
-    ports = listening_tcp_ports("lb1") | {8000, 5432}
-    seen = probe(OUTSIDER, *(f"{LB_IP}:{p}" for p in sorted(ports)))
-    reachable = {int(t.rsplit(":", 1)[1]) for t, state in seen.items() if state == "open"}
-    assert reachable == {80, 443}, seen
+    # Every other port is dropped ("timeout"), not merely closed: a "refused" is a packet the
+    # firewall let in to a port where nothing listens (yet).
+    ports = listening_tcp_ports("lb1") | {80, 443, 8000, 5432}
+    targets = [f"{LB_IP}:{p}" for p in sorted(ports)]
+    seen = probe(OUTSIDER, *targets)
+    assert seen == expected_verdicts(targets, open_ports={80, 443}), seen
 
 
 def test_the_app_port_and_postgresql_are_closed_to_an_outsider_open_to_their_peers() -> None:
@@ -293,7 +297,7 @@ def test_the_app_port_and_postgresql_are_closed_to_an_outsider_open_to_their_pee
     seen = probe(OUTSIDER, edge_https, *targets)
     assert seen == {edge_https: "open"} | dict.fromkeys(targets, "timeout"), seen
     # The allowed groups do reach them (so the check above is about the source, not a dead port).
-    assert set(probe("lb1", *targets[:2]).values()) == {"open"}
+    assert probe("lb1", *targets[:2]) == dict.fromkeys(targets[:2], "open")
     assert probe("app1", targets[2]) == {targets[2]: "open"}
     # And an app host is not an lb: the other app host's port is closed to it (beside the
     # database port, open to it: the same probe's positive control).
