@@ -499,15 +499,24 @@ def _result(lags_by_second: list[list[float]], latency: float = 0.01) -> LoadRes
 
 def test_the_generator_falling_behind_is_judged_per_second_not_averaged_away() -> None:
     on_time = [0.0] * 10
-    one_bad_second = [on_time] * 30 + [[0.0] * 7 + [0.06] * 3] + [on_time] * 30
+    one_bad_second = [on_time] * 30 + [[0.0] * 7 + [0.15] * 3] + [on_time] * 30
     result = _result(one_bad_second)
     # 3 late of 610 sent (0.5 %): a whole-run share would have absorbed it.
     assert result.totals()["lag"]["late"] == 3
     assert result.behind_seconds() == [30]
     assert result.totals()["generator_behind"] is True
-    assert "GENERATOR FELL BEHIND in seconds [30]" in result.summary()
-    # One late request in a second is noise, not a generator behind.
+    assert "GENERATOR FELL BEHIND: in seconds [30], 3 of 610 late" in result.summary()
+    # A few requests 60 ms late in one second: reported, not a generator behind (the gap in
+    # the timeline is shorter than BEHIND_LAG).
+    jitter = _result([on_time] * 40 + [[0.06] * 3 + [0.0] * 7])
+    assert jitter.behind_seconds() == [] and jitter.totals()["generator_behind"] is False
+    assert "late requests by second: {40: 3}" in jitter.summary()
+    # One request 300 ms late in a second is noise, not a generator behind.
     assert _result([on_time, [0.3] + [0.0] * 9]).behind_seconds() == []
+    # A little late in every second (1 of 10, under the per-second share) adds up over the run.
+    steady = _result([[0.06] + [0.0] * 9] * 30)
+    assert steady.behind_seconds() == []
+    assert steady.totals()["generator_behind"] is True
 
 
 def test_the_worst_second_of_a_phase_is_the_one_with_the_highest_p99() -> None:
