@@ -5,8 +5,12 @@ probe through nginx) runs for real in the edge and cluster scenarios."""
 
 from __future__ import annotations
 
+import http.server
 import importlib.machinery
 import importlib.util
+import socket
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
 
@@ -98,8 +102,6 @@ def test_which_server_answered_a_probe(
 
 
 def test_a_server_name_resolves_as_nginx_resolves_it(helper: ModuleType) -> None:
-    import socket
-
     assert (socket.AF_INET, "127.0.0.1", 8000) in helper.addresses("localhost:8000")
     assert helper.addresses("[::1]:8000") == [(socket.AF_INET6, "::1", 8000)]
     with pytest.raises(SystemExit):
@@ -130,3 +132,61 @@ def test_a_drain_is_refused_while_the_upstream_keeps_idle_connections(
         helper.upstream("10.0.0.31:8000", "down", False)
     assert exc.value.code == 4
     assert "nginx_upstream_keepalive: 0" in capsys.readouterr().err
+
+
+def test_the_running_configuration_is_stale_until_a_load_records_the_file(
+    helper: ModuleType, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(helper, "LOADED", str(tmp_path / "state" / "loaded.sha256"))
+    monkeypatch.setattr(helper, "is_active", lambda: True)
+    assert helper.stale(), "nothing recorded: nginx may run any configuration"
+    helper.record_loaded(helper.conf_digest())
+    assert not helper.stale()
+    conf = Path(helper.CONF)
+    conf.write_text(conf.read_text() + "# a change written by a run that then died\n")
+    assert helper.stale(), "the file changed after the last load"
+    monkeypatch.setattr(helper, "is_active", lambda: False)
+    assert not helper.stale(), "a stopped nginx is started by the role, not reloaded"
+
+
+class _Answer(http.server.BaseHTTPRequestHandler):
+    status = 200
+
+    def do_GET(self) -> None:
+        self.send_response(self.status)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def loopback_server() -> Iterator[str]:
+    server = http.server.HTTPServer(("127.0.0.1", 0), _Answer)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_a_drained_server_is_put_back_only_when_it_answers(
+    helper: ModuleType, loopback_server: str
+) -> None:
+    address = loopback_server
+    assert helper.answers(address) is None, "a server answering 200 answers (positive control)"
+    _Answer.status = 404
+    try:
+        assert helper.answers(address) is None, "any answer below 500 is an answer"
+        _Answer.status = 503
+        assert helper.answers(address) == f"{address} answered 503"
+    finally:
+        _Answer.status = 200
+    with socket.socket() as closed:  # a port nobody listens on: refused
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+    why = helper.answers(f"127.0.0.1:{port}")
+    assert why is not None and why.startswith(f"no answer from 127.0.0.1:{port}"), why

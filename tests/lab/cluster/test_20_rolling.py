@@ -21,7 +21,7 @@ import pytest
 import yaml
 
 from tests.lab.ansible_run import ROOT, PlaybookRun, lab_exec, run_playbook, start_playbook
-from tests.lab.cluster.conftest import APP_HOSTS, LB_IP, SITE, edge_json
+from tests.lab.cluster.conftest import APP_HOSTS, LB_IP, SITE, edge, edge_json
 from tests.lab.loadgen import LoadGenerator, LoadResult
 from tests.lab.releases import make_release, read_release_info
 
@@ -33,7 +33,10 @@ RATE = 200
 # whatever the rollout takes: the rollout is never slowed down to collect more.
 MIN_LOAD_SECONDS = 55
 # What each run under load must have sent for its zero-drop verdict to mean anything.
-MIN_SENT = {"rolling-a-to-b": 10_000, "rolling-broken-c": RATE * 15, "rollback-b-to-a": RATE * 15}
+MIN_SENT = {
+    "rolling-a-to-b": 10_000, "rolling-broken-c": RATE * 15, "rollback-b-to-a": RATE * 15,
+    "site-broken-c": RATE * 15,
+}  # fmt: skip
 # The staging tasks (a release unpacked and its venv built on hosts that are serving).
 STAGING_TASKS = ("wheelhouse is unpacked", "venv holds the app")
 # The runs under load measured by this session (the zero-drop verdicts read these only).
@@ -347,11 +350,96 @@ def test_g_the_audit_log_has_a_line_for_every_run(state: dict[str, Any]) -> None
     assert any(s["to_release"] == state["C"] and s["outcome"] == "failed" for s in summary)
 
 
+def drained_on_lb() -> list[str]:
+    return lab_exec("lb1", "fastapi-metal-nginx drained").stdout.split()
+
+
+def test_h_site_yml_reverts_a_host_that_fails_its_gate_like_a_rollout(
+    releases: dict[str, dict[str, object]], state: dict[str, Any], load: LoadGenerator
+) -> None:
+    """A converge activates through the rolling upgrade's own path: a release that fails its
+    health gate on the first host is reverted there, the host goes back on the lb, the run
+    stops before the next host, and no request fails meanwhile."""
+    assert all(current_release(host) == state["A"] for host in APP_HOSTS)
+    before_app2 = main_pid_since("app2")
+    run = run_playbook("site.yml", extra={**releases["C"], "fastapi_app_health_timeout": 15})
+    result = finish(load, "site-broken-c", run=run)
+    assert run.rc != 0, "a release that fails its health gate must stop the converge"
+    flat = " ".join(run.output.split())
+    assert f"stopped at {next(iter(APP_HOSTS))}" in flat and "last health answer: 503" in flat
+    assert "is back on " + state["A"] in flat, run.tail()
+    assert all(current_release(host) == state["A"] for host in APP_HOSTS)
+    assert main_pid_since("app2") == before_app2, "the second host was never touched"
+    assert drained_on_lb() == [], "the reverted host is back in the upstream"
+    assert {row["release"] for row in result.releases()} <= {state["A"]}, "C never answered"
+
+    # The declared state again (this checkout's release): a plain converge, then a rerun
+    # that changes nothing.
+    again = run_playbook("site.yml")
+    assert again.rc == 0, again.tail()
+    rerun = run_playbook("site.yml")
+    assert rerun.rc == 0 and rerun.changed == 0, rerun.recap
+
+
+def test_i_site_yml_heals_a_host_left_drained_and_down() -> None:
+    """What a deploy killed mid-host leaves: the host drained on the lb, its app down. The
+    nginx role keeps it drained (it does not answer: undraining would send clients to it)
+    instead of failing the run, and the host's own roll brings it back and undrains it."""
+    server = f"{APP_HOSTS['app1']}:8000"
+    lab_exec("lb1", f"fastapi-metal-nginx upstream {server} down")
+    lab_exec("app1", "systemctl stop notes.socket notes.service")
+    assert drained_on_lb() == [server]
+    run = run_playbook("site.yml")
+    assert run.rc == 0, run.tail()
+    assert "Kept drained" in run.output and server in run.output, "the edge kept it drained"
+    assert drained_on_lb() == [], "the host's roll put it back"
+    assert lab_exec("app1", "systemctl is-active notes.socket notes.service").stdout.split() == [
+        "active", "active",
+    ]  # fmt: skip
+    out = lab_exec("lb1", f"curl -s -m 3 http://{server}/health").stdout
+    assert json.loads(out)["status"] == "healthy", out
+
+
+def test_j_a_config_written_but_never_loaded_goes_live_on_the_next_run(
+    pebble_roots: Path,
+) -> None:
+    """A run that wrote nginx.conf and died before reloading (here: the step that reloads
+    skipped) leaves the file on disk not live; the next run must load it even though it
+    writes nothing."""
+    defaults = yaml.safe_load((ROOT / "roles/nginx/defaults/main.yml").read_text())
+    marker = f"fm-{SESSION}"
+    headers = {**defaults["nginx_security_headers"], "X-Fastapi-Metal-Test": marker}
+    extra = {"nginx_security_headers": headers}
+
+    def served() -> str:
+        out = edge("/health", pebble_roots, "-D", "-", "-o", "/dev/null")
+        assert out.returncode == 0, out.stderr
+        return out.stdout.lower()
+
+    try:
+        cut = run_playbook(
+            "site.yml", "--tags", "nginx", "--skip-tags", "nginx_converge", extra=extra
+        )
+        assert cut.rc == 0, cut.tail()
+        assert marker in lab_exec("lb1", "cat /etc/nginx/nginx.conf").stdout, "file written"
+        assert marker not in served(), "the cut run must leave the file unloaded (control)"
+        rerun = run_playbook("site.yml", "--tags", "nginx", extra=extra)
+        assert rerun.rc == 0, rerun.tail()
+        assert rerun.changed >= 1, rerun.recap  # the reload, though no file changed
+        assert f"x-fastapi-metal-test: {marker}" in served()
+        again = run_playbook("site.yml", "--tags", "nginx", extra=extra)
+        assert again.rc == 0 and again.changed == 0, again.recap
+    finally:
+        restored = run_playbook("site.yml", "--tags", "nginx")
+    assert restored.rc == 0, restored.tail()
+    assert marker not in served()
+
+
 # The zero-drop claim, per run under load: 0 failed requests (no connection error, no timeout
 # at 2 s, every answer 2xx), from a generator that kept its timetable in every second, over a
 # run measured by this session (a result file left by an earlier run proves nothing).
 @pytest.mark.zero_drop
-@pytest.mark.parametrize("run", ["rolling-a-to-b", "rolling-broken-c", "rollback-b-to-a"])
+@pytest.mark.parametrize("run", list(MIN_SENT))
 def test_zero_drop(run: str) -> None:
     result = MEASURED.get(run)
     if result is None:
