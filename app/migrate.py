@@ -12,8 +12,9 @@ On success the command prints exactly one JSON object on one line on stdout and 
 
 * ``upgrade`` / ``downgrade``:
   ``{"event": "migrate", "action": "upgrade", "from": "0001", "to": "0002", "head": "0002",
-  "changed": true}`` where ``from``/``to`` are the database's revision before and after
-  (``null`` for an empty database) and ``changed`` is true only when the revision moved.
+  "changed": true, "ahead": false}`` where ``from``/``to`` are the database's revision before
+  and after (``null`` for an empty database) and ``changed`` is true only when the revision
+  moved.
 * ``current``: ``{"event": "current", "current": "0002", "head": "0002", "up_to_date": true}``
 * ``heads``: ``{"event": "heads", "head": "0002", "heads": ["0002"]}``
 
@@ -24,14 +25,21 @@ in ``;``, ``-- Running upgrade A -> B`` comments and blank lines, ``BEGIN;``/``C
 it all, and for an empty database the ``CREATE TABLE alembic_version`` too. The LAST line of
 stdout is then the JSON object::
 
-    {"event": "plan", "from": "0001", "to": "0002", "pending": ["0002"], "statements": 4}
+    {"event": "plan", "from": "0001", "to": "0002", "pending": ["0002"], "statements": 4,
+     "ahead": false}
 
 ``from`` is the database's revision (``null`` when empty), ``to`` the head of this release,
 ``pending`` the revisions ``upgrade head`` would apply, oldest first, and ``statements`` the
 number of SQL statements printed (transaction and ``alembic_version`` bookkeeping included).
-With nothing pending, no SQL is printed and ``statements`` is 0. A database at a revision this
-release does not know (migrated by a newer release) is a failure (exit 1). The SQL is what a
-deploy tool scans for destructive statements before it migrates; the scan is not done here.
+With nothing pending, no SQL is printed and ``statements`` is 0. The SQL is what a deploy tool
+scans for destructive statements before it migrates; the scan is not done here.
+
+Every result of ``upgrade`` and ``plan`` carries ``"ahead"``. A database at a revision this
+release does not ship was migrated by a newer release: what a rollback leaves (the schema only
+expands, so the older code runs on it). ``upgrade head`` and ``plan`` then change nothing and
+succeed with ``"ahead": true`` (``from`` = ``to`` = the database's revision, nothing pending) and
+a warning on stderr; nothing is ever downgraded implicitly. An explicit ``upgrade REV`` to a
+revision this release does not know still fails.
 
 Logs (JSON lines) go to stderr. On failure stdout stays empty, stderr ends with a line
 ``app-migrate: error: ...`` and the exit status is 2 for a configuration problem (for example
@@ -85,8 +93,41 @@ def _current(settings: Settings) -> list[str]:
         engine.dispose()
 
 
+def _unknown(revisions: Sequence[str]) -> list[str]:
+    """Those of the database's ``revisions`` this release does not ship."""
+    script = ScriptDirectory.from_config(alembic_config())
+    unknown = []
+    for revision in revisions:
+        try:
+            script.get_revision(revision)
+        except (RevisionError, CommandError):  # ScriptDirectory wraps RevisionError
+            unknown.append(revision)
+    return unknown
+
+
+def _warn_ahead(current: Sequence[str]) -> None:
+    get_logger("app.migrate").warning(
+        "database ahead of this release: left as it is",
+        database=_one(current),
+        head=_one(_heads()),
+    )
+
+
 def migrate(settings: Settings, action: str, revision: str) -> dict[str, Any]:
     """Upgrade or downgrade to ``revision``; the result is the JSON line ``main`` prints."""
+    if action == "upgrade" and revision in {"head", "heads"}:
+        current = _current(settings)
+        if _unknown(current):
+            _warn_ahead(current)
+            return {
+                "event": "migrate",
+                "action": action,
+                "from": _one(current),
+                "to": _one(current),
+                "head": _one(_heads()),
+                "changed": False,
+                "ahead": True,
+            }
     config = alembic_config(settings)
     if action == "upgrade":
         command.upgrade(config, revision)
@@ -101,6 +142,7 @@ def migrate(settings: Settings, action: str, revision: str) -> dict[str, Any]:
         "to": after,
         "head": _one(_heads()),
         "changed": before != after,
+        "ahead": False,
     }
 
 
@@ -122,18 +164,23 @@ def plan(settings: Settings) -> tuple[str, dict[str, Any]]:
     if len(current) > 1:
         raise CommandError(f"the database has several heads ({', '.join(current)}); cannot plan")
     before = current[0] if current else None
+    if _unknown(current):
+        _warn_ahead(current)
+        return "", {
+            "event": "plan",
+            "from": before,
+            "to": before,
+            "pending": [],
+            "statements": 0,
+            "ahead": True,
+        }
     script = ScriptDirectory.from_config(alembic_config())
     heads = sorted(script.get_heads())
-    try:  # newest first from iterate_revisions
-        pending = [
-            revision.revision
-            for revision in reversed(list(script.iterate_revisions("heads", before or "base")))
-        ]
-    except RevisionError as exc:
-        raise CommandError(
-            f"the database is at revision {before}, which this release cannot upgrade from "
-            f"(a newer release migrated it?): {exc}"
-        ) from exc
+    # newest first from iterate_revisions
+    pending = [
+        revision.revision
+        for revision in reversed(list(script.iterate_revisions("heads", before or "base")))
+    ]
     buffer = _CountingBuffer()
     if pending:
         config = alembic_config(settings)
@@ -145,6 +192,7 @@ def plan(settings: Settings) -> tuple[str, dict[str, Any]]:
         "to": _one(heads),
         "pending": pending,
         "statements": buffer.statements,
+        "ahead": False,
     }
     return buffer.getvalue(), result
 

@@ -115,6 +115,7 @@ def test_migrations_run_from_the_installed_wheel(
         "to": "0002",
         "head": "0002",
         "changed": True,
+        "ahead": False,
     }
     # Alembic reads the revisions of the installed copy, not those of /work/main/app.
     revision_file = run(
