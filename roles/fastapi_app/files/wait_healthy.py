@@ -1,11 +1,13 @@
 #!/usr/bin/python3
 """Poll an app's health URL until it answers 200 reporting the expected release.
 
-    wait_healthy.py URL TIMEOUT [RELEASE_KEY RELEASE] [--unix-socket PATH]
+    wait_healthy.py URL TIMEOUT [RELEASE_KEY RELEASE] [--unix-socket PATH] [--unit UNIT]
 
 Polls every 0.2 s (an Ansible `until` loop costs a round trip per try and waits whole
 seconds). Prints one JSON line: ok, elapsed seconds, tries and the last answer, which is
-what a failed rollout names. Exit 0 when healthy, 1 on timeout. Standard library only.
+what a failed rollout names. On a timeout with --unit, "journal" holds the last lines the
+unit wrote (why workers that cannot boot never answer). Exit 0 when healthy, 1 on timeout.
+Standard library only.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from __future__ import annotations
 import http.client
 import json
 import socket
+import subprocess
 import sys
 import time
 from urllib.parse import urlsplit
@@ -46,13 +49,37 @@ def probe(url: str, unix_socket: str | None) -> tuple[int, str]:
         conn.close()
 
 
+JOURNAL_LINES = 12
+
+
+def journal(unit: str) -> list[str]:
+    """The last lines ``unit`` wrote to the journal, each cut to 300 characters."""
+    try:
+        out = subprocess.run(
+            ["journalctl", "--unit", unit, "--lines", str(JOURNAL_LINES), "--output", "cat",
+             "--no-pager", "--quiet"],
+            capture_output=True, text=True, timeout=10, check=False,
+        )  # fmt: skip
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return [f"(journalctl: {exc})"]
+    lines = [line.rstrip()[:300] for line in out.stdout.splitlines() if line.strip()]
+    return lines[-JOURNAL_LINES:]
+
+
+def _option(args: list[str], name: str) -> str | None:
+    """Remove ``name VALUE`` from ``args``; the value, or None when absent."""
+    if name not in args:
+        return None
+    i = args.index(name)
+    value = args[i + 1]
+    del args[i : i + 2]
+    return value
+
+
 def main() -> int:
     args = sys.argv[1:]
-    unix_socket = None
-    if "--unix-socket" in args:
-        i = args.index("--unix-socket")
-        unix_socket = args[i + 1]
-        del args[i : i + 2]
+    unix_socket = _option(args, "--unix-socket")
+    unit = _option(args, "--unit")
     url, timeout = args[0], float(args[1])
     key, want = (args[2], args[3]) if len(args) >= 4 and args[2] else ("", "")
     start = time.monotonic()
@@ -82,6 +109,7 @@ def main() -> int:
                         "last": last,
                         "url": url,
                         "want": want,
+                        "journal": journal(unit) if unit else [],
                     }
                 )
             )

@@ -1,0 +1,103 @@
+"""The app role's health gate (roles/fastapi_app/files/wait_healthy.py), run as the role runs
+it (a script with the host's python3) against a loopback server whose answers the test sets.
+The gate on real hosts runs in the fastapi_app and cluster scenarios."""
+
+from __future__ import annotations
+
+import http.server
+import json
+import socket
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, ClassVar
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[2] / "roles/fastapi_app/files/wait_healthy.py"
+
+
+class _Health(http.server.BaseHTTPRequestHandler):
+    status: ClassVar[int] = 200
+    release: ClassVar[str] = "1.0-abc"
+
+    def do_GET(self) -> None:
+        body = json.dumps({"status": "ok", "release": self.release}).encode()
+        self.send_response(self.status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def health_url() -> Iterator[str]:
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Health)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/health"
+    finally:
+        server.shutdown()
+        server.server_close()
+        _Health.status, _Health.release = 200, "1.0-abc"
+
+
+def gate(*args: str, path: str | None = None) -> tuple[int, dict[str, Any]]:
+    env = {"PATH": path} if path else None
+    out = subprocess.run(
+        [sys.executable, str(SCRIPT), *args], capture_output=True, text=True, timeout=30,
+        check=False, env=env,
+    )  # fmt: skip
+    return out.returncode, json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def test_a_healthy_answer_with_the_release_passes_at_once(health_url: str) -> None:
+    rc, result = gate(health_url, "5", "release", "1.0-abc")
+    assert (rc, result["ok"]) == (0, True), result
+    assert result["tries"] == 1 and result["last"].startswith("200 ")
+    assert "journal" not in result
+
+
+def test_a_healthy_answer_from_another_release_fails_naming_it(health_url: str) -> None:
+    _Health.release = "0.9-old"
+    rc, result = gate(health_url, "0.5", "release", "1.0-abc")
+    assert (rc, result["ok"]) == (1, False)
+    assert '"release": "0.9-old"' in result["last"] and result["tries"] > 1
+    assert result["journal"] == [], "no unit named: nothing read"
+
+
+def test_a_failed_gate_carries_the_units_last_journal_lines(
+    health_url: str, tmp_path: Path
+) -> None:
+    # journalctl stand-in: records its arguments, writes 20 lines (the gate keeps the last 12).
+    fake = tmp_path / "bin" / "journalctl"
+    fake.parent.mkdir()
+    fake.write_text(
+        "#!/bin/sh\n"
+        f'echo "$@" > {tmp_path}/args\n'
+        'i=1; while [ $i -le 20 ]; do echo "line $i"; i=$((i+1)); done\n'
+    )
+    fake.chmod(0o755)
+    _Health.status = 503
+    rc, result = gate(health_url, "0.5", "--unit", "notes.service", path=str(fake.parent))
+    assert (rc, result["ok"]) == (1, False)
+    assert result["last"].startswith("503 ")
+    assert result["journal"] == [f"line {i}" for i in range(9, 21)]
+    assert "--unit notes.service" in (tmp_path / "args").read_text()
+
+
+def test_no_listener_is_named_as_refused(tmp_path: Path) -> None:
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+    rc, result = gate(f"http://127.0.0.1:{port}/health", "0.5", "--unit", "x.service",
+                      path=str(tmp_path))  # fmt: skip
+    assert rc == 1
+    assert result["last"].startswith("ConnectionRefusedError"), result
+    assert result["journal"][0].startswith("(journalctl:"), "no journalctl: said, not hidden"
