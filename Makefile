@@ -26,7 +26,7 @@ export NO_COLOR := 1
 export PY_COLORS := 0
 export ANSIBLE_FORCE_COLOR := 0
 
-.PHONY: help setup lab lab-up lab-down lab-status lint test test-app test-molecule test-zero-drop clean
+.PHONY: help setup lab lab-up lab-down lab-status lint test test-app test-molecule test-zero-drop timings clean
 
 help:  ## List the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -88,6 +88,9 @@ test-molecule: setup  ## molecule test for every scenario in MOLECULE_SCENARIOS
 	  $(BIN)/molecule test -s $$s
 	  echo "molecule scenario $$s passed in $$(( $$(date +%s) - start )) s"
 	done
+
+timings: lab  ## Time a facts-only play, a site.yml rerun and rolling upgrades on the lab (.lab/results/timings.json)
+	$(BIN)/python -m tests.lab.timings
 
 test-zero-drop: lab  ## The cluster verify tests (rolling upgrades under load, 0 failed requests) on the local lab
 	$(BIN)/pytest -p no:cacheprovider tests/lab/cluster -v -s

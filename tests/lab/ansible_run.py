@@ -15,6 +15,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 VENV_BIN = Path(sys.executable).parent
 INVENTORY = ROOT / "inventories" / "lab"
+RUN_LOGS = ROOT / ".lab" / "results" / "playbooks"
 RECAP = re.compile(
     r"^(?P<host>\S+)\s+:\s+ok=(?P<ok>\d+)\s+changed=(?P<changed>\d+)\s+unreachable=(?P<unreachable>\d+)"
     r"\s+failed=(?P<failed>\d+)\s+skipped=(?P<skipped>\d+)\s+rescued=(?P<rescued>\d+)\s+ignored=(?P<ignored>\d+)",
@@ -114,7 +115,12 @@ def run_playbook(
         m["host"]: {k: int(v) for k, v in m.groupdict().items() if k != "host"}
         for m in RECAP.finditer(proc.stdout)
     }
+    # Every run's whole output, for the runs whose assertions passed but whose story matters.
+    RUN_LOGS.mkdir(parents=True, exist_ok=True)
+    log = RUN_LOGS / f"{datetime.now():%H%M%S}-{Path(playbook).stem}-rc{run.rc}.log"
+    log.write_text(" ".join(cmd) + "\n\n" + run.output)
     print(f"\n$ {' '.join(playbook_cmd(playbook, *args))}  -> rc={run.rc} in {run.seconds:.1f} s")
+    print(f"  output: {log}")
     print(f"  recap: {run.recap}")
     return run
 

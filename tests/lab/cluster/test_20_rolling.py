@@ -29,13 +29,20 @@ RESULTS = ROOT / ".lab" / "results"
 LOCK = "/var/lib/fastapi-metal/notes/deploy.lock"
 AUDIT = "/var/log/fastapi-metal/notes-deploys.jsonl"
 RATE = 200
+# A converge under load runs base, postgresql, nginx and certbot on all four lab hosts before
+# it touches an app host; in the lab those four "servers", the controller and the client share
+# two cores, already ~80 % busy at 200 req/s. Measured on such a machine: at 200 req/s the
+# plain site.yml (changed=0, no host touched) saturated the CPU and the service collapsed into
+# client timeouts (16,066 of 24,000 failed); at 100 req/s the same run: 0 of 11,000, p99 43 ms.
+# The converge's zero-drop runs at this rate: what it proves is the deploy, not the lab's cores.
+SITE_RATE = 100
 # The A->B run keeps the load going at least this long (>= 10,000 requests at 200/s),
 # whatever the rollout takes: the rollout is never slowed down to collect more.
 MIN_LOAD_SECONDS = 55
 # What each run under load must have sent for its zero-drop verdict to mean anything.
 MIN_SENT = {
     "rolling-a-to-b": 10_000, "rolling-broken-c": RATE * 15, "rollback-b-to-a": RATE * 15,
-    "site-broken-c": RATE * 15,
+    "site-broken-c": SITE_RATE * 15,
 }  # fmt: skip
 # The staging tasks (a release unpacked and its venv built on hosts that are serving).
 STAGING_TASKS = ("wheelhouse is unpacked", "venv holds the app")
@@ -115,18 +122,27 @@ def state() -> dict[str, Any]:
     return {"A": current_release("app1")}
 
 
-@pytest.fixture
-def load(pebble_roots: Path) -> Iterator[LoadGenerator]:
+def _load(pebble_roots: Path, rate: int) -> Iterator[LoadGenerator]:
     # Many clients, not one pool: up to rate x timeout connections, so a server hiccup is
     # measured as latency instead of being amplified by a client-side connection queue.
     # HTTP/1.1: httpx's HTTP/2 client mishandles nginx's GOAWAY every 1,000 requests.
     gen = LoadGenerator(
-        f"https://{SITE}", rate=RATE, cafile=pebble_roots, resolve={SITE: LB_IP}, timeout=2.0,
-        max_connections=int(RATE * 2.0),
+        f"https://{SITE}", rate=rate, cafile=pebble_roots, resolve={SITE: LB_IP}, timeout=2.0,
+        max_connections=int(rate * 2.0),
     )  # fmt: skip
     with gen:
-        gen.wait_for(RATE * 3, timeout=30)  # steady traffic before anything starts
+        gen.wait_for(rate * 3, timeout=30)  # steady traffic before anything starts
         yield gen
+
+
+@pytest.fixture
+def load(pebble_roots: Path) -> Iterator[LoadGenerator]:
+    yield from _load(pebble_roots, RATE)
+
+
+@pytest.fixture
+def converge_load(pebble_roots: Path) -> Iterator[LoadGenerator]:
+    yield from _load(pebble_roots, SITE_RATE)
 
 
 def finish(
@@ -204,7 +220,9 @@ def test_b_broken_release_stops_at_the_first_host_which_goes_back(
     state["C"] = c = str(releases["C"]["fastapi_app_release"])
     first = next(iter(APP_HOSTS))
     assert f"stopped at {first}" in run.output
-    assert c in run.output and "last health answer: 503" in run.output.replace("\n", " ")
+    flat = " ".join(run.output.split())
+    assert c in flat and "last health answer: 503" in flat
+    assert "the journal of notes.service ends:" in flat, "a failed gate says why"
     assert current_release("app1") == state["B"], "the failed host is back on B"
     assert current_release("app2") == state["B"]
     assert main_pid_since("app2") == before_app2, "the second host was never touched"
@@ -237,6 +255,15 @@ def test_d_destructive_migration_is_refused_without_the_flag(
     assert "fastapi_app_allow_destructive_migrations=true" in flat
     assert {host: main_pid_since(host) for host in APP_HOSTS} == started
     assert db_revision() == head_of(releases["B"])
+
+    # A converge declaring the same release is refused the same way (site.yml migrates too).
+    converge = run_playbook("site.yml", extra=releases["E"])
+    assert converge.rc != 0
+    flat = " ".join(converge.output.split())
+    assert "migrates the schema destructively" in flat and "DROP COLUMN" in flat
+    assert {host: main_pid_since(host) for host in APP_HOSTS} == started
+    assert db_revision() == head_of(releases["B"])
+    assert all(current_release(host) == state["B"] for host in APP_HOSTS)
 
 
 def test_e_rollback_to_the_previous_release_drops_nothing(
@@ -355,7 +382,7 @@ def drained_on_lb() -> list[str]:
 
 
 def test_h_site_yml_reverts_a_host_that_fails_its_gate_like_a_rollout(
-    releases: dict[str, dict[str, object]], state: dict[str, Any], load: LoadGenerator
+    releases: dict[str, dict[str, object]], state: dict[str, Any], converge_load: LoadGenerator
 ) -> None:
     """A converge activates through the rolling upgrade's own path: a release that fails its
     health gate on the first host is reverted there, the host goes back on the lb, the run
@@ -363,7 +390,7 @@ def test_h_site_yml_reverts_a_host_that_fails_its_gate_like_a_rollout(
     assert all(current_release(host) == state["A"] for host in APP_HOSTS)
     before_app2 = main_pid_since("app2")
     run = run_playbook("site.yml", extra={**releases["C"], "fastapi_app_health_timeout": 15})
-    result = finish(load, "site-broken-c", run=run)
+    result = finish(converge_load, "site-broken-c", run=run)
     assert run.rc != 0, "a release that fails its health gate must stop the converge"
     flat = " ".join(run.output.split())
     assert f"stopped at {next(iter(APP_HOSTS))}" in flat and "last health answer: 503" in flat
