@@ -158,6 +158,16 @@ CASES: list[Case] = [
         },
     ),
     Case(
+        "fail-timeout-in-words",
+        ("nginx_upstream_fail_timeout", "an nginx time", "2 seconds"),
+        extra={"nginx_upstream_fail_timeout": "2 seconds"},
+    ),
+    Case(
+        "body-size-with-a-unit-nginx-does-not-know",
+        ("nginx_client_max_body_size", "an nginx size", "10MB"),
+        extra={"nginx_client_max_body_size": "10MB"},
+    ),
+    Case(
         "release-id-escapes-releases",
         ("fastapi_app_release", "safe path segment", "../../../etc"),
         playbook="rolling_upgrade.yml",
