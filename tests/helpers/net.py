@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import http.server
 import socket
+import threading
 import time
 from collections.abc import Callable, Iterator
 
@@ -68,3 +70,17 @@ def blackhole_listener(host: str = "127.0.0.1") -> Iterator[int]:
         sock.bind((host, 0))
         sock.listen(64)  # never accept(): connections complete in the backlog and then hang
         yield int(sock.getsockname()[1])
+
+
+@contextlib.contextmanager
+def loopback_http(handler: type[http.server.BaseHTTPRequestHandler]) -> Iterator[str]:
+    """An HTTP server on a free loopback port answering with ``handler``, in a thread;
+    yields ``127.0.0.1:PORT``."""
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()

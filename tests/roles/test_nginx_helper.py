@@ -9,12 +9,13 @@ import http.server
 import importlib.machinery
 import importlib.util
 import socket
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
 
 import pytest
+
+from tests.helpers.net import loopback_http
 
 HELPER = Path(__file__).resolve().parents[2] / "roles/nginx/files/fastapi-metal-nginx"
 
@@ -163,14 +164,8 @@ class _Answer(http.server.BaseHTTPRequestHandler):
 
 @pytest.fixture
 def loopback_server() -> Iterator[str]:
-    server = http.server.HTTPServer(("127.0.0.1", 0), _Answer)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
+    with loopback_http(_Answer) as address:
+        yield address
 
 
 def test_a_drained_server_is_put_back_only_when_it_answers(

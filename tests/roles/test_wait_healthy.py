@@ -9,12 +9,13 @@ import json
 import socket
 import subprocess
 import sys
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, ClassVar
 
 import pytest
+
+from tests.helpers.net import loopback_http
 
 SCRIPT = Path(__file__).resolve().parents[2] / "roles/fastapi_app/files/wait_healthy.py"
 
@@ -37,14 +38,10 @@ class _Health(http.server.BaseHTTPRequestHandler):
 
 @pytest.fixture
 def health_url() -> Iterator[str]:
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Health)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
     try:
-        yield f"http://127.0.0.1:{server.server_address[1]}/health"
+        with loopback_http(_Health) as address:
+            yield f"http://{address}/health"
     finally:
-        server.shutdown()
-        server.server_close()
         _Health.status, _Health.release = 200, "1.0-abc"
 
 
