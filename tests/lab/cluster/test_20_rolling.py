@@ -462,6 +462,42 @@ def test_j_a_config_written_but_never_loaded_goes_live_on_the_next_run(
     assert marker not in served()
 
 
+def test_k_a_host_failing_its_gate_on_the_release_it_serves_is_left_as_it_is() -> None:
+    """A converge that finds a host unhealthy on the release it already serves (here: app1
+    cannot reach the database) has nothing to go back to: it stops there, says so, restarts
+    nothing and leaves the host in the upstream (it was never drained)."""
+    releases = {host: current_release(host) for host in APP_HOSTS}
+    started = {host: main_pid_since(host) for host in APP_HOSTS}
+    # A table of the test's own (the base role's table is left alone): app1 -> 5432 dropped.
+    cut = "inet fm_test_cut"
+    lab_exec("app1", f"nft add table {cut} && nft add chain {cut} out "
+             "'{ type filter hook output priority 0; }' && "
+             f"nft add rule {cut} out tcp dport 5432 drop")  # fmt: skip
+    try:
+        # No migration (it would fail first, from app1): the gate is what this is about.
+        run = run_playbook("site.yml", extra={
+            "fastapi_app_health_timeout": 5, "fastapi_app_migrate_command": "",
+            "fastapi_app_migrate_plan_command": "",
+        })  # fmt: skip
+    finally:
+        lab_exec("app1", f"nft delete table {cut}")
+    assert run.rc != 0, "a host failing its gate stops the converge"
+    flat = " ".join(run.output.split())
+    assert "which it already served before this run" in flat, run.tail()
+    assert "was not restarted: it stays in the upstream" in flat, run.tail()
+    assert {host: current_release(host) for host in APP_HOSTS} == releases
+    assert {host: main_pid_since(host) for host in APP_HOSTS} == started, "nothing restarted"
+    assert drained_on_lb() == []
+    deadline = time.monotonic() + 30
+    server = f"{APP_HOSTS['app1']}:8000"
+    while True:  # the database is back: the host answers healthy again on its own
+        out = lab_exec("lb1", f"curl -s -m 3 http://{server}/health").stdout
+        if '"healthy"' in out or time.monotonic() > deadline:
+            break
+        time.sleep(1)
+    assert json.loads(out)["status"] == "healthy", out
+
+
 # The zero-drop claim, per run under load: 0 failed requests (no connection error, no timeout
 # at 2 s, every answer 2xx), from a generator that kept its timetable in every second, over a
 # run measured by this session (a result file left by an earlier run proves nothing).
