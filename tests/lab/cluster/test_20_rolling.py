@@ -484,6 +484,7 @@ def test_k_a_host_failing_its_gate_on_the_release_it_serves_is_left_as_it_is() -
     assert run.rc != 0, "a host failing its gate stops the converge"
     flat = " ".join(run.output.split())
     assert "which it already served before this run" in flat, run.tail()
+    assert "no answer from the database" in flat, "the gate failed for the cut, not another reason"
     assert "was not restarted: it stays in the upstream" in flat, run.tail()
     assert {host: current_release(host) for host in APP_HOSTS} == releases
     assert {host: main_pid_since(host) for host in APP_HOSTS} == started, "nothing restarted"
