@@ -47,9 +47,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import itertools
 import json
 import math
+import os
 import random
 import signal
 import ssl
@@ -410,6 +412,19 @@ def _new_event_loop() -> asyncio.AbstractEventLoop:
     return loop
 
 
+# The client stands in for other machines: on the lab's shared cores it runs a little ahead of
+# the servers (nice -5 for its thread, when allowed) so that a busy second is measured as the
+# servers' latency, not lost as the generator's own lateness. The servers get less CPU for
+# it, never more.
+CLIENT_NICE = -5
+
+
+def _keep_the_timetable() -> None:
+    # Not root (or not Linux): the lag is still measured and judged.
+    with contextlib.suppress(PermissionError, AttributeError):
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), CLIENT_NICE)
+
+
 class LoadGenerator:
     """Open-loop load on the notes API at ``rate`` requests per second.
 
@@ -520,6 +535,7 @@ class LoadGenerator:
             return runner.run(self.run_async())
 
     def _thread_main(self) -> None:
+        _keep_the_timetable()
         try:
             self.run()
         except BaseException as exc:
