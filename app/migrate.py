@@ -93,9 +93,8 @@ def _current(settings: Settings) -> list[str]:
         engine.dispose()
 
 
-def _unknown(revisions: Sequence[str]) -> list[str]:
-    """Those of the database's ``revisions`` this release does not ship."""
-    script = ScriptDirectory.from_config(alembic_config())
+def _unknown(script: ScriptDirectory, revisions: Sequence[str]) -> list[str]:
+    """Those of the database's ``revisions`` this release's ``script`` does not ship."""
     unknown = []
     for revision in revisions:
         try:
@@ -117,7 +116,7 @@ def migrate(settings: Settings, action: str, revision: str) -> dict[str, Any]:
     """Upgrade or downgrade to ``revision``; the result is the JSON line ``main`` prints."""
     if action == "upgrade" and revision in {"head", "heads"}:
         current = _current(settings)
-        if _unknown(current):
+        if _unknown(ScriptDirectory.from_config(alembic_config()), current):
             _warn_ahead(current)
             return {
                 "event": "migrate",
@@ -164,7 +163,8 @@ def plan(settings: Settings) -> tuple[str, dict[str, Any]]:
     if len(current) > 1:
         raise CommandError(f"the database has several heads ({', '.join(current)}); cannot plan")
     before = current[0] if current else None
-    if _unknown(current):
+    script = ScriptDirectory.from_config(alembic_config())
+    if _unknown(script, current):
         _warn_ahead(current)
         return "", {
             "event": "plan",
@@ -174,7 +174,6 @@ def plan(settings: Settings) -> tuple[str, dict[str, Any]]:
             "statements": 0,
             "ahead": True,
         }
-    script = ScriptDirectory.from_config(alembic_config())
     heads = sorted(script.get_heads())
     # newest first from iterate_revisions
     pending = [
