@@ -42,6 +42,8 @@ $(STAMPS)/venv: pyproject.toml constraints.txt $(STAMPS)/apt
 	[ -x $(BIN)/python ] || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -c constraints.txt -e '.[dev]'
+	mkdir -p .ansible/collections/ansible_collections/fastapi_metal
+	ln -sfn ../../../.. .ansible/collections/ansible_collections/fastapi_metal/stack
 	touch $@
 
 # sslyze pins an older cryptography than ansible-core's: it gets a venv of its own.

@@ -88,11 +88,11 @@ def healthy_after(run: PlaybookRun) -> dict[str, float]:
 
 
 def build(source: Path) -> dict[str, object]:
-    """Build a release the way the role does (files/build_release.py), before any load runs:
+    """Build a release the way the role does (the release_build action's code), before any load runs:
     deploys then name it (fastapi_app_release) and find it built, as when CI builds once."""
     defaults = yaml.safe_load((ROOT / "roles/fastapi_app/defaults/main.yml").read_text())
     cmd = [
-        sys.executable, str(ROOT / "roles/fastapi_app/files/build_release.py"),
+        sys.executable, str(ROOT / "plugins/plugin_utils/release_build.py"),
         "--name", "notes", "--source", str(source),
         "--cache", str(Path(defaults["fastapi_app_build_cache"]).expanduser()),
         "--constraints", str(ROOT / "constraints.txt"),

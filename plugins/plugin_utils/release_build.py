@@ -1,7 +1,10 @@
-#!/usr/bin/env python3
+# Copyright: fastapi-metal maintainers
+# MIT License (see LICENSE)
 """Build a release once, on the controller: the app's wheel plus every dependency's wheel.
 
-    build_release.py --name NAME --source SRC --cache DIR [--constraints FILE] [--release ID]
+The action plugin fastapi_metal.stack.release_build calls build(); the same build runs as
+
+    python release_build.py --name NAME --source SRC --cache DIR [--constraints FILE] [--release ID]
 
 SRC is a project directory, a wheel file, or a PEP 508 requirement (``pkg==1.2``,
 ``pkg @ git+https://...``); each ``--server REQ`` (gunicorn, uvicorn-worker) is resolved
@@ -12,8 +15,8 @@ wheel pinned, with its sha256), so hosts install with ``pip install --no-index
 
 The release id defaults to ``<version>-<key>``, where the key hashes the app wheel's
 content, the constraints and the source: the same code gives the same id, so a second
-run finds the tarball and builds nothing. Prints one JSON object on stdout.
-Only the standard library is used.
+run finds the tarball and builds nothing. The result (and the command's one JSON line):
+release, package, version, tarball, wheels, key, changed. Only the standard library is used.
 """
 
 from __future__ import annotations
@@ -30,14 +33,18 @@ import tarfile
 import tempfile
 import zipfile
 from pathlib import Path
+from typing import NoReturn
 
 SAFE_RELEASE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 WHEEL_NAME = re.compile(r"^(?P<name>[^-]+)-(?P<version>[^-]+)(-\d[^-]*)?-[^-]+-[^-]+-[^-]+\.whl$")
 
 
-def fail(msg: str) -> None:
-    print(json.dumps({"failed": True, "msg": msg}))
-    sys.exit(1)
+class BuildError(Exception):
+    """The release cannot be built; the message says why."""
+
+
+def fail(msg: str) -> NoReturn:
+    raise BuildError(msg)
 
 
 def pip(*args: str) -> None:
@@ -59,7 +66,6 @@ def wheel_meta(path: Path) -> tuple[str, str]:
     match = WHEEL_NAME.match(path.name)
     if not match:
         fail(f"{path.name} is not a wheel file name")
-    assert match
     return canonical(match["name"]), match["version"]
 
 
@@ -104,34 +110,27 @@ def requirement_name(req: str) -> str:
     match = re.match(r"^\s*([A-Za-z0-9][A-Za-z0-9._-]*)", req)
     if not match:
         fail(f"cannot read a project name from the requirement {req!r}")
-    assert match
     return canonical(match[1])
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--name", required=True)
-    parser.add_argument("--source", required=True)
-    parser.add_argument("--cache", required=True)
-    parser.add_argument("--constraints", default="")
-    parser.add_argument("--release", default="")
-    parser.add_argument(
-        "--server",
-        action="append",
-        default=[],
-        help="requirement added to the app's (the app server: gunicorn, uvicorn-worker)",
-    )
-    args = parser.parse_args()
-
-    cache = Path(args.cache).expanduser() / args.name
+def build(
+    name: str,
+    source: str,
+    cache_dir: str,
+    constraints_file: str = "",
+    release_id: str = "",
+    server: list[str] | tuple[str, ...] = (),
+) -> dict[str, object]:
+    """Build (or find in the cache) the release of ``source``; raises BuildError."""
+    cache = Path(cache_dir).expanduser() / name
     cache.mkdir(parents=True, exist_ok=True)
-    constraints = Path(args.constraints).expanduser() if args.constraints else None
+    constraints = Path(constraints_file).expanduser() if constraints_file else None
     if constraints and not constraints.is_file():
         fail(f"constraints file {constraints} does not exist")
 
     with tempfile.TemporaryDirectory(prefix="fastapi-metal-build-") as tmp:
         work = Path(tmp)
-        wheel, target = app_wheel(args.source, work)
+        wheel, target = app_wheel(source, work)
         key = hashlib.sha256()
         if wheel is not None:
             package, version = wheel_meta(wheel)
@@ -141,32 +140,29 @@ def main() -> None:
             key.update(target.encode())
         if constraints:
             key.update(constraints.read_bytes())
-        key.update("\n".join(sorted(args.server)).encode())
+        key.update("\n".join(sorted(server)).encode())
         key.update(f"{sys.version_info[:2]}".encode())
         digest = key.hexdigest()
 
         index = cache / f"key-{digest}.json"
-        if index.exists() and not args.release:
+        if index.exists() and not release_id:
             known = json.loads(index.read_text())
             if Path(known["tarball"]).exists():
-                print(json.dumps({**known, "changed": False}))
-                return
-        if args.release:
-            tarball = cache / f"{args.release}.tar.gz"
+                return {**known, "changed": False}
+        if release_id:
+            tarball = cache / f"{release_id}.tar.gz"
             if tarball.exists():
-                meta = json.loads((cache / f"{args.release}.json").read_text())
-                print(json.dumps({**meta, "changed": False}))
-                return
+                return {**json.loads((cache / f"{release_id}.json").read_text()), "changed": False}
 
         house = work / "wheelhouse"
         extra = ["-c", str(constraints)] if constraints else []
-        pip("wheel", "-q", "-w", str(house), *extra, target, *args.server)
+        pip("wheel", "-q", "-w", str(house), *extra, target, *server)
         wheels = sorted(house.glob("*.whl"))
         top = [w for w in wheels if wheel_meta(w)[0] == package]
         if len(top) != 1:
             fail(f"the wheelhouse holds no single wheel of {package}: {[w.name for w in wheels]}")
         version = wheel_meta(top[0])[1]
-        release = args.release or f"{version}-{digest[:10]}"
+        release = release_id or f"{version}-{digest[:10]}"
         if not SAFE_RELEASE.match(release):
             fail(f"release id {release!r} is not a safe path segment ([A-Za-z0-9._-], max 64)")
 
@@ -189,11 +185,36 @@ def main() -> None:
                 tar.add(work / item, arcname=item)
             for w in wheels:
                 tar.add(w, arcname=f"wheelhouse/{w.name}")
-        os.replace(partial, meta["tarball"])
+        os.replace(partial, cache / f"{release}.tar.gz")
         (cache / f"{release}.json").write_text(json.dumps(meta) + "\n")
         index.write_text(json.dumps(meta) + "\n")
-        print(json.dumps({**meta, "changed": True}))
+        return {**meta, "changed": True}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--name", required=True)
+    parser.add_argument("--source", required=True)
+    parser.add_argument("--cache", required=True)
+    parser.add_argument("--constraints", default="")
+    parser.add_argument("--release", default="")
+    parser.add_argument(
+        "--server",
+        action="append",
+        default=[],
+        help="requirement added to the app's (the app server: gunicorn, uvicorn-worker)",
+    )
+    args = parser.parse_args()
+    try:
+        result = build(
+            args.name, args.source, args.cache, args.constraints, args.release, args.server
+        )
+    except BuildError as exc:
+        print(json.dumps({"failed": True, "msg": str(exc)}))
+        return 1
+    print(json.dumps(result))
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -1,23 +1,27 @@
-"""The nginx role's drain helper (roles/nginx/files/fastapi-metal-nginx): the parts that need
-no nginx and no nftables - reading the upstream block, nginx's time syntax, and how an
-undrain reads which server answered its probe. The drain itself (nftables, no reload, the
-probe through nginx) runs for real in the edge and cluster scenarios."""
+"""The nginx operations behind the nginx_upstream and nginx_live modules and the operator
+command (plugins/module_utils/nginx_ops.py): the parts that need no nginx and no nftables -
+reading the upstream block, nginx's time syntax, how an undrain reads which server answered
+its probe - and the modules' refusals, run as Ansible runs them. The drain itself
+(nftables, no reload, the probe through nginx) runs for real in the edge and cluster
+scenarios."""
 
 from __future__ import annotations
 
 import http.server
-import importlib.machinery
 import importlib.util
 import socket
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
 
 import pytest
 
+from tests.helpers.modules import ROOT, run_module
 from tests.helpers.net import loopback_http
 
-HELPER = Path(__file__).resolve().parents[2] / "roles/nginx/files/fastapi-metal-nginx"
+OPS = ROOT / "plugins/module_utils/nginx_ops.py"
 
 CONF = """\
 http {
@@ -39,11 +43,10 @@ http {
 def helper(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> ModuleType:
     conf = tmp_path / "nginx.conf"
     conf.write_text(CONF)
-    loader = importlib.machinery.SourceFileLoader("fastapi_metal_nginx", str(HELPER))
-    spec = importlib.util.spec_from_loader(loader.name, loader)
-    assert spec is not None
+    spec = importlib.util.spec_from_file_location("nginx_ops", OPS)
+    assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
-    loader.exec_module(module)
+    spec.loader.exec_module(module)
     monkeypatch.setattr(module, "CONF", str(conf))
     return module
 
@@ -105,21 +108,20 @@ def test_which_server_answered_a_probe(
 def test_a_server_name_resolves_as_nginx_resolves_it(helper: ModuleType) -> None:
     assert (socket.AF_INET, "127.0.0.1", 8000) in helper.addresses("localhost:8000")
     assert helper.addresses("[::1]:8000") == [(socket.AF_INET6, "::1", 8000)]
-    with pytest.raises(SystemExit):
+    with pytest.raises(helper.NginxOpsError) as exc:
         helper.addresses("no-port")
+    assert exc.value.code == 2
 
 
-def test_an_unknown_server_is_refused_before_anything_changes(
-    helper: ModuleType, capsys: pytest.CaptureFixture[str]
-) -> None:
-    with pytest.raises(SystemExit) as exc:
+def test_an_unknown_server_is_refused_before_anything_changes(helper: ModuleType) -> None:
+    with pytest.raises(helper.NginxOpsError) as exc:
         helper.upstream("10.0.0.99:8000", "down", False)  # commented out: not a server
     assert exc.value.code == 3
-    assert "10.0.0.99:8000 is not an upstream server" in capsys.readouterr().err
+    assert "10.0.0.99:8000 is not an upstream server" in str(exc.value)
 
 
 def test_a_drain_is_refused_while_the_upstream_keeps_idle_connections(
-    helper: ModuleType, capsys: pytest.CaptureFixture[str]
+    helper: ModuleType,
 ) -> None:
     # Cached connections would carry requests to the drained server past the refusal.
     conf = Path(helper.CONF)
@@ -129,10 +131,10 @@ def test_a_drain_is_refused_while_the_upstream_keeps_idle_connections(
         )
     )
     assert helper.upstream_keepalive()
-    with pytest.raises(SystemExit) as exc:
+    with pytest.raises(helper.NginxOpsError) as exc:
         helper.upstream("10.0.0.31:8000", "down", False)
     assert exc.value.code == 4
-    assert "nginx_upstream_keepalive: 0" in capsys.readouterr().err
+    assert "nginx_upstream_keepalive: 0" in str(exc.value)
 
 
 def test_the_running_configuration_is_stale_until_a_load_records_the_file(
@@ -185,3 +187,64 @@ def test_a_drained_server_is_put_back_only_when_it_answers(
         port = closed.getsockname()[1]
     why = helper.answers(f"127.0.0.1:{port}")
     assert why is not None and why.startswith(f"no answer from 127.0.0.1:{port}"), why
+
+
+# The module and the operator command around the same code. A unix: server is drained by
+# marking it `down` in nginx.conf (then a reload): check mode reads the file and changes
+# nothing, which runs without nginx.
+@pytest.fixture
+def module_env(tmp_path: Path) -> dict[str, str]:
+    conf = tmp_path / "module.conf"
+    conf.write_text(CONF)
+    return {
+        "FASTAPI_METAL_NGINX_CONF": str(conf),
+        "FASTAPI_METAL_NGINX_LOCK": str(tmp_path / "lock"),
+    }
+
+
+def test_the_module_reports_the_state_before_and_after_in_check_mode(
+    module_env: dict[str, str],
+) -> None:
+    sock = "unix:/run/notes/notes.sock"  # marked down in CONF: drained
+    back = run_module("nginx_upstream", {"server": sock, "state": "serving"}, check=True,
+                      env=module_env)  # fmt: skip
+    assert back["rc"] == 0 and back["changed"] is True, back
+    assert (back["previous"], back["state"]) == ("drained", "serving")
+    assert back["diff"] == {"before": f"{sock}: drained\n", "after": f"{sock}: serving\n"}
+    again = run_module("nginx_upstream", {"server": sock, "state": "drained"}, check=True,
+                       env=module_env)  # fmt: skip
+    assert again["changed"] is False and again["previous"] == "drained", again
+    assert "down;" in Path(module_env["FASTAPI_METAL_NGINX_CONF"]).read_text(), "check mode"
+
+
+def test_the_module_fails_naming_a_server_that_is_not_upstream(
+    module_env: dict[str, str],
+) -> None:
+    result = run_module("nginx_upstream", {"server": "10.0.0.99:8000", "state": "drained"},
+                        env=module_env)  # fmt: skip
+    assert result["rc"] == 1 and result["failed"] is True
+    assert "10.0.0.99:8000 is not an upstream server" in result["msg"], result
+
+
+def test_the_operator_command_prints_words_and_exit_codes(
+    module_env: dict[str, str], tmp_path: Path
+) -> None:
+    lib = tmp_path / "lib"
+    lib.mkdir()
+    (lib / "nginx_ops.py").write_text(OPS.read_text())
+    launcher = (ROOT / "roles/nginx/files/fastapi-metal-nginx").read_text()
+    command = tmp_path / "fastapi-metal-nginx"
+    command.write_text(launcher.replace("/usr/local/lib/fastapi-metal", str(lib)))
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, str(command), *args], capture_output=True, text=True, check=False,
+            env=module_env,
+        )  # fmt: skip
+
+    ok = run("upstream", "unix:/run/notes/notes.sock", "up", "--check")
+    assert (ok.returncode, ok.stdout) == (0, "changed (check mode: nothing done)\n"), ok.stderr
+    unknown = run("upstream", "10.0.0.99:8000", "down")
+    assert unknown.returncode == 3 and "is not an upstream server" in unknown.stderr
+    usage = run("frobnicate")
+    assert usage.returncode == 2 and usage.stderr.startswith("usage: fastapi-metal-nginx")

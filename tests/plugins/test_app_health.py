@@ -1,23 +1,21 @@
-"""The app role's health gate (roles/fastapi_app/files/wait_healthy.py), run as the role runs
-it (a script with the host's python3) against a loopback server whose answers the test sets.
-The gate on real hosts runs in the fastapi_app and cluster scenarios."""
+"""The health gate module (plugins/modules/app_health.py), run as Ansible runs it on a host
+(a process of its own), against a loopback server whose answers the test sets. The gate on
+real hosts runs in the fastapi_app and cluster scenarios."""
 
 from __future__ import annotations
 
 import http.server
 import json
+import os
 import socket
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, ClassVar
 
 import pytest
 
+from tests.helpers.modules import run_module
 from tests.helpers.net import loopback_http
-
-SCRIPT = Path(__file__).resolve().parents[2] / "roles/fastapi_app/files/wait_healthy.py"
 
 
 class _Health(http.server.BaseHTTPRequestHandler):
@@ -45,27 +43,38 @@ def health_url() -> Iterator[str]:
         _Health.status, _Health.release = 200, "1.0-abc"
 
 
-def gate(*args: str, path: str | None = None) -> tuple[int, dict[str, Any]]:
-    env = {"PATH": path} if path else None
-    out = subprocess.run(
-        [sys.executable, str(SCRIPT), *args], capture_output=True, text=True, timeout=30,
-        check=False, env=env,
-    )  # fmt: skip
-    return out.returncode, json.loads(out.stdout.strip().splitlines()[-1])
+def gate(
+    url: str, timeout: float, release: str = "", unit: str | None = None, path: str | None = None
+) -> dict[str, Any]:
+    args: dict[str, Any] = {"url": url, "timeout": timeout}
+    if release:
+        args.update(release_key="release", release=release)
+    if unit:
+        args["unit"] = unit
+    return run_module("app_health", args, env={"PATH": path or os.environ["PATH"]})
 
 
 def test_a_healthy_answer_with_the_release_passes_at_once(health_url: str) -> None:
-    rc, result = gate(health_url, "5", "release", "1.0-abc")
-    assert (rc, result["ok"]) == (0, True), result
+    result = gate(health_url, 5, "1.0-abc")
+    assert result["rc"] == 0 and not result.get("failed"), result
+    assert result["changed"] is False and result["release"] == "1.0-abc"
     assert result["tries"] == 1 and result["last"].startswith("200 ")
     assert "journal" not in result
 
 
+def test_any_200_passes_without_a_release_key(health_url: str) -> None:
+    _Health.release = "whatever"
+    result = gate(health_url, 5)
+    assert result["rc"] == 0 and result["tries"] == 1, result
+
+
 def test_a_healthy_answer_from_another_release_fails_naming_it(health_url: str) -> None:
     _Health.release = "0.9-old"
-    rc, result = gate(health_url, "0.5", "release", "1.0-abc")
-    assert (rc, result["ok"]) == (1, False)
+    result = gate(health_url, 0.5, "1.0-abc")
+    assert result["rc"] == 1 and result["failed"] is True
     assert '"release": "0.9-old"' in result["last"] and result["tries"] > 1
+    assert result["msg"].startswith(f"did not serve release 1.0-abc on {health_url} within 0.5 s")
+    assert "last health answer: 200 " in result["msg"]
     assert result["journal"] == [], "no unit named: nothing read"
 
 
@@ -82,19 +91,21 @@ def test_a_failed_gate_carries_the_units_last_journal_lines(
     )
     fake.chmod(0o755)
     _Health.status = 503
-    rc, result = gate(health_url, "0.5", "--unit", "notes.service", path=str(fake.parent))
-    assert (rc, result["ok"]) == (1, False)
+    result = gate(health_url, 0.5, unit="notes.service", path=f"{fake.parent}:/usr/bin:/bin")
+    assert result["rc"] == 1
     assert result["last"].startswith("503 ")
     assert result["journal"] == [f"line {i}" for i in range(9, 21)]
     assert "--unit notes.service" in (tmp_path / "args").read_text()
+    assert result["msg"].endswith("the journal of notes.service ends: " + " | ".join(
+        f"line {i}" for i in range(9, 21)
+    ))  # fmt: skip
 
 
 def test_no_listener_is_named_as_refused(tmp_path: Path) -> None:
     with socket.socket() as closed:
         closed.bind(("127.0.0.1", 0))
         port = closed.getsockname()[1]
-    rc, result = gate(f"http://127.0.0.1:{port}/health", "0.5", "--unit", "x.service",
-                      path=str(tmp_path))  # fmt: skip
-    assert rc == 1
+    result = gate(f"http://127.0.0.1:{port}/health", 0.5, unit="x.service", path=str(tmp_path))
+    assert result["rc"] == 1
     assert result["last"].startswith("ConnectionRefusedError"), result
     assert result["journal"][0].startswith("(journalctl:"), "no journalctl: said, not hidden"
