@@ -80,8 +80,8 @@ lint: setup  ## ruff, mypy, yamllint, ansible-lint (production profile)
 	$(BIN)/yamllint --strict .
 	$(BIN)/ansible-lint
 
-test-app: setup  ## pytest: the service against a real PostgreSQL, the static security checks, role helpers
-	$(BIN)/pytest tests/app tests/security tests/roles tests/tools -q
+test-app: setup  ## pytest: the service against a real PostgreSQL, the static security checks, the modules
+	$(BIN)/pytest tests/app tests/security tests/roles tests/plugins tests/tools -q
 
 test-molecule: setup  ## molecule test for every scenario in MOLECULE_SCENARIOS
 	$(PYTHON) lab/lab.py image

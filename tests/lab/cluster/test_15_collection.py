@@ -75,7 +75,8 @@ def test_the_collection_builds_installs_and_converges_the_lab_from_its_own_repos
     wanted = (
         "playbooks/site.yml", "playbooks/rolling_upgrade.yml", "playbooks/rollback.yml",
         "roles/fastapi_app/meta/argument_specs.yml", "roles/nginx/files/fastapi-metal-nginx",
-        "meta/runtime.yml", "plugins/modules/nginx_upstream.py", "plugins/module_utils/nginx_ops.py",
+        "meta/runtime.yml", "plugins/modules/nginx_upstream.py",
+        "plugins/module_utils/nginx_ops.py",
         "plugins/action/release_build.py", "plugins/plugin_utils/release_build.py",
     )  # fmt: skip
     for name in wanted:

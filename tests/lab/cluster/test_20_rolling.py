@@ -88,7 +88,7 @@ def healthy_after(run: PlaybookRun) -> dict[str, float]:
 
 
 def build(source: Path) -> dict[str, object]:
-    """Build a release the way the role does (the release_build action's code), before any load runs:
+    """Build a release the way the role does (the release_build action), before any load runs:
     deploys then name it (fastapi_app_release) and find it built, as when CI builds once."""
     defaults = yaml.safe_load((ROOT / "roles/fastapi_app/defaults/main.yml").read_text())
     cmd = [

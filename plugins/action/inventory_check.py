@@ -1,0 +1,109 @@
+# Copyright: fastapi-metal maintainers
+# MIT License (see LICENSE)
+"""Action plugin of fastapi_metal.stack.inventory_check: the inventory's rules."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from ansible.plugins.action import ActionBase
+from ansible_collections.fastapi_metal.stack.plugins.plugin_utils.inventory_rules import (
+    FORMS,
+    for_role,
+    form_problems,
+    groups_problem,
+    rule_problems,
+)
+
+
+def plain(value: Any) -> Any:
+    """Every nested value rendered now (a lazy container would render on first access)."""
+    if isinstance(value, Mapping):
+        return {k: plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [plain(v) for v in value]
+    return value
+
+
+class ActionModule(ActionBase):  # type: ignore[misc]  # ansible ships no type information
+    TRANSFERS_FILES = False
+    _requires_connection = False
+
+    def run(self, tmp: Any = None, task_vars: dict[str, Any] | None = None) -> dict[str, Any]:
+        result: dict[str, Any] = super().run(tmp, task_vars)
+        _, args = self.validate_argument_spec(
+            argument_spec={"prefixes": {"type": "list", "elements": "str", "default": []}}
+        )
+        prefixes: list[str] = args["prefixes"]
+        variables = task_vars or {}
+        templar = self._templar.copy_with_new_env(available_variables=variables)
+        rendered: dict[str, Any] = {}
+        errors: dict[str, str] = {}
+
+        def render(var: str) -> Any:
+            if var not in rendered:
+                try:
+                    rendered[var] = plain(templar.template(variables[var]))
+                except Exception as exc:
+                    errors[var] = str(exc)
+                    rendered[var] = None
+            return rendered[var]
+
+        def get(var: str, default: Any) -> Any:
+            return render(var) if var in variables else default
+
+        def render_error(var: str) -> str | None:
+            if var in variables:
+                render(var)
+            return errors.get(var)
+
+        # A vaulted value that cannot be decrypted would fail wherever it is first used: it
+        # fails here, saying how to unlock the vault. Vaulted variables are named vault_*.
+        vaulted = [] if prefixes else sorted(k for k in variables if k.startswith("vault_"))
+        locked = [k for k in vaulted if render_error(k)]
+        if locked:
+            result.update(failed=True, msg=(
+                f"vault: the vault is locked - the vaulted variables {', '.join(vaulted)} cannot "
+                f"be decrypted ({', '.join(locked)}). Give its password with "
+                "--vault-password-file FILE, --ask-vault-pass or ANSIBLE_VAULT_PASSWORD_FILE=FILE."
+            ))  # fmt: skip
+            return result
+        empty = [k for k in vaulted if str(render(k)) == ""]
+        if empty:
+            result.update(failed=True, msg=(
+                f"vault: expected a value in every vault_* variable; {', '.join(empty)} is empty "
+                "(e.g. ansible-vault encrypt_string --name vault_notes_db_password 'VALUE' >> "
+                "group_vars/all/vault.yml)"
+            ))  # fmt: skip
+            return result
+
+        groups: Mapping[str, list[str]] = variables.get("groups", {})
+        app_hosts = list(groups.get("app", []))
+        hostvars = variables.get("hostvars")
+        missing_url = []
+        for host in app_hosts:
+            raw = hostvars.raw_get(host) if hostvars is not None else {}
+            env = raw.get("fastapi_app_secret_env") if isinstance(raw, Mapping) else None
+            if not (isinstance(env, Mapping) and "DATABASE_URL" in env):
+                missing_url.append(host)
+        problems = []
+        if not prefixes and (problem := groups_problem(groups, missing_url)):
+            problems.append(problem)
+        # A role checks its own variables (defaults included) wherever it runs; the preflight
+        # play checks what the inventory sets, by the groups of the host.
+        group_names = ["all", "app", "db", "lb"] if prefixes else variables.get("group_names", [])
+        names = [f.var for f in FORMS if f.var.startswith(tuple(prefixes) or "")]
+        forms = {v: render(v) for v in names if v in variables and not render_error(v)}
+        problems += rule_problems(
+            get, lambda var: var in variables, group_names, app_hosts, render_error
+        )
+        problems += form_problems(forms, group_names)
+        if prefixes:
+            problems = for_role(problems, prefixes)
+        result["checked"] = sorted(v for v in set(names) if v in variables)
+        if problems:
+            result.update(failed=True, msg="\n".join(problems), problems=problems)
+        else:
+            result["msg"] = "the inventory and the extra vars are usable"
+        return result

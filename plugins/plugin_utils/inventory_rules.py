@@ -1,0 +1,312 @@
+# Copyright: fastapi-metal maintainers
+# MIT License (see LICENSE)
+"""What an inventory must hold before any host is touched: the forms of the public variables
+(each a regular expression with the expected form in words and an example) and the rules
+across variables. Written once: the action fastapi_metal.stack.inventory_check applies them
+on the controller, to the variables the inventory and the extra vars set. Every problem of
+a host is reported at once, naming the variable, what was expected and what was got; a
+secret is only ever tested, never quoted."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+PORT = r"^([1-9][0-9]{0,3}|[1-5][0-9]{4}|6[0-4][0-9]{3}|65[0-4][0-9]{2}|655[0-2][0-9]|6553[0-5])$"
+FQDN = (
+    r"^(?=.{4,253}$)([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)+"
+    r"[A-Za-z]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?$"
+)
+SEGMENT = r"^([A-Za-z0-9][A-Za-z0-9._-]{0,63})?$"
+ACCOUNT = r"^[a-z_][a-z0-9_-]{0,31}$"
+SECONDS = r"^[1-9][0-9]*$"
+# nginx's time and size syntax: "2s", "500ms", "1h30m", "60" (seconds); "10m", "512k".
+NGINX_TIME = r"^([0-9]+(ms|[smhdwMy]))*[0-9]+(ms|[smhdwMy])?$"
+NGINX_SIZE = r"^[0-9]+[kKmMgG]?$"
+# An IPv4 or IPv6 address, or a CIDR range: what nginx's allow and nftables' saddr take.
+IPV4 = r"((25[0-5]|2[0-4][0-9]|1?[0-9]{1,2})\.){3}(25[0-5]|2[0-4][0-9]|1?[0-9]{1,2})(/([0-9]|[12][0-9]|3[0-2]))?"
+IPV6 = r"[0-9A-Fa-f]*:[0-9A-Fa-f:.]*(/([0-9]{1,2}|1[01][0-9]|12[0-8]))?"
+ADDRESS = f"^({IPV4}|{IPV6})$"
+PATH = r"^/\S*$"
+# Names of environment variables that carry secrets.
+SECRET_NAMES = r"(?i).*(passw|secret|token|credential|database_url|dsn|(^|_)key$)"  # noqa: S105
+IDENTIFIER = r"^[a-z_][a-z0-9_]{0,62}$"
+NGINX_TIME_WORDS = "an nginx time: digits with ms, s, m, h or d"
+
+
+@dataclass(frozen=True)
+class Form:
+    """On a host of ``group`` that sets ``var``: its value (with ``each`` every element of the
+    list, with ``attr`` that key of every element) must match ``match``."""
+
+    var: str
+    group: str
+    match: str
+    expect: str
+    each: bool = False
+    attr: str | None = None
+
+
+FORMS: tuple[Form, ...] = (
+    Form("fastapi_app_name", "app", r"^[a-z][a-z0-9_-]{0,31}$",
+         "a service name: lowercase letters, digits, - and _, starting with a letter (e.g. notes)"),
+    Form("fastapi_app_user", "app", ACCOUNT, "a system account name (e.g. notes)"),
+    Form("fastapi_app_group", "app", ACCOUNT, "a system group name (e.g. notes)"),
+    Form("fastapi_app_release", "app", SEGMENT,
+         "empty or a safe path segment: letters, digits, '.', '_' and '-', not starting with '.' or '-' "
+         "(e.g. 1.4.0-3f2a9c1)"),
+    Form("fastapi_app_rollback_release", "app", SEGMENT,
+         "empty or the id of a release on disk, a safe path segment (e.g. 1.3.2-9c0d1e2)"),
+    Form("fastapi_app_module", "app", r"^[A-Za-z_][A-Za-z0-9_.]*:[A-Za-z_][A-Za-z0-9_.()]*$",
+         "module:attribute (e.g. app.main:app)"),
+    Form("fastapi_app_workers", "app", r"^[1-9][0-9]{0,3}$", "an integer >= 1 (e.g. 4)"),
+    Form("fastapi_app_keep_releases", "app", r"^([2-9]|[1-9][0-9]+)$",
+         "an integer >= 2, so that the previous release stays on disk for a rollback (e.g. 5)"),
+    Form("fastapi_app_serial", "all", r"^([1-9][0-9]*|([1-9][0-9]?|100)%)$",
+         "how many app hosts restart at a time: a number >= 1 or a percentage 1%-100% (e.g. 1 or 25%)"),
+    Form("fastapi_app_timeout", "app", SECONDS, "seconds, an integer >= 1 (e.g. 30)"),
+    Form("fastapi_app_graceful_timeout", "app", SECONDS, "seconds, an integer >= 1 (e.g. 20)"),
+    Form("fastapi_app_health_timeout", "app", SECONDS, "seconds, an integer >= 1 (e.g. 60)"),
+    Form("fastapi_app_health_path", "app", PATH, "a URL path starting with / (e.g. /health/ready)"),
+    Form("fastapi_app_rollback_health_path", "app", PATH, "a URL path starting with / (e.g. /health)"),
+    Form("fastapi_app_port", "app", PORT, "a TCP port, 1-65535 (e.g. 8000)"),
+    Form("base_app_user", "all", ACCOUNT, "a system account name (e.g. notes)"),
+    Form("base_app_port", "all", PORT, "a TCP port, 1-65535 (e.g. 8000)"),
+    Form("base_postgresql_port", "all", PORT, "a TCP port, 1-65535 (e.g. 5432)"),
+    Form("base_firewall_ssh_port", "all", PORT, "a TCP port, 1-65535 (e.g. 22)"),
+    Form("postgresql_port", "db", PORT, "a TCP port, 1-65535 (e.g. 5432)"),
+    Form("nginx_upstream_port", "lb", PORT, "a TCP port, 1-65535 (e.g. 8000)"),
+    Form("nginx_upstream_fail_timeout", "lb", NGINX_TIME, f"{NGINX_TIME_WORDS} (e.g. 2s)"),
+    Form("nginx_proxy_connect_timeout", "lb", NGINX_TIME, f"{NGINX_TIME_WORDS} (e.g. 2s)"),
+    Form("nginx_proxy_read_timeout", "lb", NGINX_TIME, f"{NGINX_TIME_WORDS} (e.g. 60s)"),
+    Form("nginx_proxy_send_timeout", "lb", NGINX_TIME, f"{NGINX_TIME_WORDS} (e.g. 60s)"),
+    Form("nginx_client_max_body_size", "lb", NGINX_SIZE,
+         "an nginx size: digits, optionally with k, m or g (e.g. 10m)"),
+    Form("nginx_server_names", "lb", FQDN,
+         "a list of fully qualified domain names (e.g. [app.example.com, www.example.com])", each=True),
+    Form("certbot_domains", "lb", FQDN,
+         "a list of fully qualified domain names, no wildcard (e.g. [app.example.com])", each=True),
+    Form("nginx_rate_limit_zones", "lb", r"^[A-Za-z0-9_]+$",
+         "zones named with letters, digits and _ (e.g. [{name: perip, rate: 10r/s, size: 10m}])",
+         each=True, attr="name"),
+    Form("nginx_rate_limit_zones", "lb", r"^[1-9][0-9]*r/[sm]$",
+         "a rate in requests per second or minute (e.g. [{name: perip, rate: 10r/s}], or 30r/m)",
+         each=True, attr="rate"),
+    Form("nginx_rate_limit_allowlist", "lb", ADDRESS,
+         "addresses or CIDR ranges (e.g. [192.0.2.7, 198.51.100.0/24, '2001:db8::/32'])", each=True),
+    Form("nginx_private_allowlist", "lb", ADDRESS,
+         "addresses or CIDR ranges of the hosts that may read the private locations, e.g. the "
+         "monitoring host ([192.0.2.7])", each=True),
+    Form("nginx_upstream_servers", "lb", r"^(unix:/\S+|\[[0-9A-Fa-f:.]+\]:\d+|[A-Za-z0-9_.-]+:\d+)$",
+         "upstream servers as host:port or unix:/path (e.g. ['10.0.0.31:8000', 'unix:/run/app/app.sock'])",
+         each=True),
+    Form("certbot_email", "lb", r"^([^@\s]+@[^@\s]+\.[^@\s]+)?$",
+         "the ACME account's contact address, for expiry notices (e.g. ops@example.com)"),
+)  # fmt: skip
+
+
+def text(value: Any) -> str:
+    """A value as Jinja's ``string`` filter shows it (True, None, 8000)."""
+    return str(value)
+
+
+def form_problems(variables: Mapping[str, Any], group_names: Iterable[str]) -> list[str]:
+    """This host's problems with FORMS: "var: expected ...; got 'value'"."""
+    groups = set(group_names)
+    out: list[str] = []
+    for form in FORMS:
+        if not (form.group == "all" or form.group in groups) or form.var not in variables:
+            continue
+        value = variables[form.var]
+        if value is None and not form.each:
+            bad = [text(value)] if not re.match(form.match, "None") else []
+        elif form.each and (isinstance(value, (str, Mapping)) or not isinstance(value, Iterable)):
+            bad = [f"{text(value)} (not a list)"]
+        elif form.each:
+            bad = []
+            for element in value:
+                if form.attr is not None:
+                    element = element.get(form.attr) if isinstance(element, Mapping) else None
+                    element = "" if element in (None, "") else element
+                if not re.match(form.match, text(element)):
+                    bad.append(text(element))
+        else:
+            bad = [] if re.match(form.match, text(value)) else [text(value)]
+        if bad:
+            what = f" (each {form.attr})" if form.attr else ""
+            got = "', '".join(dict.fromkeys(bad))
+            out.append(f"{form.var}{what}: expected {form.expect}; got '{got}'")
+    return out
+
+
+Lookup = Callable[[str, Any], Any]
+
+
+def incomplete_databases(databases: Any) -> list[str]:
+    if isinstance(databases, (str, Mapping)):
+        return ["not a list"]
+    if not isinstance(databases, Iterable):
+        return []
+    bad = []
+    for i, entry in enumerate(databases, start=1):
+        ok = (
+            isinstance(entry, Mapping)
+            and re.match(IDENTIFIER, text(entry.get("name", "")))
+            and re.match(IDENTIFIER, text(entry.get("owner", "")))
+            and text(entry.get("password") or "") != ""
+        )
+        if not ok:
+            name = (entry.get("name") if isinstance(entry, Mapping) else None) or "missing"
+            bad.append(f"entry {i} (name {name})")
+    return bad
+
+
+def rule_problems(
+    get: Lookup,
+    defined: Callable[[str], bool],
+    group_names: Iterable[str],
+    app_hosts: list[str],
+    render_error: Callable[[str], str | None],
+) -> list[str]:
+    """This host's problems with the rules across variables. ``get(var, default)`` reads a
+    rendered variable; ``render_error(var)`` says why one cannot be rendered (else None)."""
+    groups = set(group_names)
+    out: list[str] = []
+    if "app" in groups:
+        secret_env = (
+            {}
+            if render_error("fastapi_app_secret_env")
+            else (get("fastapi_app_secret_env", {}) or {})
+        )
+        if render_error("fastapi_app_secret_env") or (
+            "DATABASE_URL" in secret_env
+            and not re.match(r"^postgres(ql)?(\+[a-z0-9]+)?://", text(secret_env["DATABASE_URL"]))
+        ):
+            out.append(
+                "fastapi_app_secret_env.DATABASE_URL (value not shown): expected "
+                "postgresql://USER:PASSWORD@HOST:5432/DB; it cannot be rendered (does it refer to a "
+                "group or variable the inventory lacks?) or is not a PostgreSQL URL"
+            )
+        secret_keys = [k for k in (get("fastapi_app_env", {}) or {}) if re.match(SECRET_NAMES, k)]
+        if secret_keys:
+            out.append(
+                f"fastapi_app_env: expected no secret in it; {', '.join(secret_keys)} looks like one - "
+                "move it to fastapi_app_secret_env (written with no_log, never shown in --diff)"
+            )
+        source = text(get("fastapi_app_source", "") or "")
+        action = get("fastapi_app_action", "")
+        if defined("fastapi_app_action") and action != "rollback" and not source:
+            out.append(
+                f"fastapi_app_source: expected what to deploy for a {action} - a project directory, a "
+                "wheel file or a PEP 508 requirement on the controller (e.g. /srv/notes, "
+                "dist/notes-1.0-py3-none-any.whl, notes==1.0); it is empty"
+            )
+        if re.match(r"^[/~.]", source) and not Path(source).expanduser().exists():
+            out.append(
+                "fastapi_app_source: expected a project directory or a wheel file that exists on the "
+                "controller, or a PEP 508 requirement (e.g. /srv/notes, dist/notes-1.0-py3-none-any.whl, "
+                f"notes==1.0); got '{source}', no such path"
+            )
+        if defined("fastapi_app_lock_host") and get("fastapi_app_lock_host", "") not in app_hosts:
+            first = app_hosts[0] if app_hosts else "app1"
+            out.append(
+                f"fastapi_app_lock_host: expected a host of the 'app' group (e.g. {first}); "
+                f"got '{get('fastapi_app_lock_host', '')}'"
+            )
+    if "lb" in groups and not get("nginx_server_names", []):
+        out.append(
+            "nginx_server_names: expected the site's names on every lb host (e.g. nginx_server_names: "
+            "[app.example.com]); it is empty or not set (or leave the 'lb' group empty)"
+        )
+    if "lb" in groups and not get("certbot_email", ""):
+        out.append(
+            "certbot_email: expected the ACME account's contact address where certbot runs, on every "
+            "lb host (e.g. certbot_email: ops@example.com); it is not set"
+        )
+    if "db" in groups:
+        databases = get("postgresql_databases", None)
+        if not databases:
+            out.append(
+                "postgresql_databases: expected the app's database on every db host, e.g. "
+                "postgresql_databases: [{name: notes, owner: notes, password: '<a vault_ variable>'}]; "
+                "it is not set"
+            )
+        elif bad := incomplete_databases(databases):
+            out.append(
+                "postgresql_databases: expected entries with name and owner (lowercase identifiers) and "
+                "a non-empty password, e.g. {name: notes, owner: notes, password: '<a vault_ variable>'}; "
+                f"incomplete: {', '.join(bad)} (passwords not shown)"
+            )
+    if defined("base_firewall_ssh_sources"):
+        sources = get("base_firewall_ssh_sources", "any")
+        ok = sources == "any" or (
+            not isinstance(sources, (str, Mapping)) and isinstance(sources, Iterable)
+            and len(list(sources)) > 0 and all(re.match(ADDRESS, text(s)) for s in sources)
+        )  # fmt: skip
+        if not ok:
+            import json
+
+            out.append(
+                "base_firewall_ssh_sources: expected 'any' or a non-empty list of addresses or CIDR "
+                "ranges that includes the controller (e.g. [198.51.100.0/24]); got "
+                f"{json.dumps(sources, default=str)}"
+            )
+    if (
+        "lb" in groups
+        and defined("nginx_upstream_servers")
+        and not get("nginx_upstream_servers", [])
+    ):
+        out.append(
+            "nginx_upstream_servers: expected the app sockets (e.g. ['10.0.0.31:8000', "
+            "'unix:/run/app/app.sock']); it is empty (no host in the 'app' group?)"
+        )
+    if "lb" in groups and defined("nginx_locations"):
+        zones = {
+            z.get("name") for z in get("nginx_rate_limit_zones", []) or [] if isinstance(z, Mapping)
+        }
+        used = []
+        for location in get("nginx_locations", []) or []:
+            limits = location.get("limit_req", []) if isinstance(location, Mapping) else []
+            for limit in limits if isinstance(limits, list) else [limits]:
+                if isinstance(limit, Mapping) and limit.get("zone") not in zones:
+                    used.append(text(limit.get("zone")))
+        if used:
+            out.append(
+                f"nginx_locations: expected rate-limit zones that nginx_rate_limit_zones defines "
+                f"(it has {', '.join(sorted(map(text, zones))) or 'none'}); got {', '.join(dict.fromkeys(used))} "
+                "(e.g. nginx_rate_limit_zones: [{name: perip, rate: 10r/s}])"
+            )
+    for var, group in (("fastapi_app_constraints", "app"), ("certbot_ca_bundle", "lb")):
+        path = text(get(var, "") or "") if group in groups else ""
+        if path and not Path(path).expanduser().is_file():
+            out.append(
+                f"{var}: expected a file on the controller, or an empty string; got '{path}', no such file"
+            )
+    return out
+
+
+def for_role(problems: list[str], prefixes: Iterable[str]) -> list[str]:
+    """The problems about a role's own variables (each problem starts with the variable)."""
+    wanted = tuple(prefixes)
+    return [p for p in problems if p.startswith(wanted)]
+
+
+def groups_problem(groups: Mapping[str, list[str]], database_url_missing: list[str]) -> str | None:
+    """The groups the playbooks need: app, and db unless every app host names an external
+    DATABASE_URL."""
+    if not groups.get("app"):
+        return (
+            "groups: expected the servers that run the service under all.children.app.hosts; the "
+            "inventory has no host in group 'app' (e.g. inventories/production/hosts.yml)"
+        )
+    if not groups.get("db") and database_url_missing:
+        return (
+            "groups: expected a database - a host in group 'db' (all.children.db.hosts), or an "
+            "external database in fastapi_app_secret_env: {DATABASE_URL: "
+            "'postgresql://USER:PASSWORD@HOST:5432/DB'} with the password from a vault_ variable; "
+            f"the inventory has no 'db' host and no DATABASE_URL on {', '.join(database_url_missing)}"
+        )
+    return None
