@@ -56,6 +56,9 @@ from collections.abc import Iterator
 from typing import NoReturn
 
 CONF = os.environ.get("FASTAPI_METAL_NGINX_CONF", "/etc/nginx/nginx.conf")
+# What the nginx role tells these operations about the configuration it wrote, as JSON:
+# {"probe": "127.0.0.1:8299"}, the loopback listener an undrain probes the upstream through.
+SETTINGS = os.environ.get("FASTAPI_METAL_NGINX_SETTINGS", "/etc/nginx/fastapi-metal.json")
 PIDFILE = "/run/nginx.pid"
 LOCK = os.environ.get("FASTAPI_METAL_NGINX_LOCK", "/run/fastapi-metal-nginx.lock")
 NFT = "/usr/sbin/nft"
@@ -275,11 +278,20 @@ def element_script(verb: str, elements: list[tuple[int, str, int]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def probe_port() -> int | None:
-    """The loopback listener nginx.conf has for this helper (see the role's template)."""
-    with open(CONF) as f:
-        m = re.search(r"listen\s+127\.0\.0\.1:(\d+);\s*# fastapi-metal-nginx probe", f.read())
-    return int(m[1]) if m else None
+def probe_address() -> str | None:
+    """The loopback listener ("127.0.0.1:8299") the nginx role configured for the probe, as
+    its settings file says; None when there is none (a configuration older than the probe)."""
+    try:
+        with open(SETTINGS) as f:
+            settings = json.load(f)
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as exc:
+        fail(f"{SETTINGS} cannot be read as JSON ({exc}); rerun the nginx role to rewrite it")
+    probe = settings.get("probe") if isinstance(settings, dict) else None
+    if not isinstance(probe, str) or not re.fullmatch(r"127\.0\.0\.1:\d{1,5}", probe):
+        fail(f'{SETTINGS}: expected a probe listener like "127.0.0.1:8299"; got {probe!r}')
+    return probe
 
 
 def answered_by(upstream_addr: str, upstream_status: str) -> tuple[str, str] | None:
@@ -298,8 +310,8 @@ def wait_until_served(server: str, params: dict[str, str]) -> float:
     once a request through nginx was answered by the server: from then on nginx counts it
     healthy (the upstream's zone shares that with every worker), so draining another server
     next cannot leave nginx with none."""
-    port = probe_port()
-    if port is None:  # a configuration older than the probe listener
+    probe = probe_address()
+    if probe is None:  # a configuration older than the probe listener
         time.sleep(fail_window(params))
         return fail_window(params)
     wanted = {
@@ -312,7 +324,7 @@ def wait_until_served(server: str, params: dict[str, str]) -> float:
     direct = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # never a proxy
     while time.monotonic() < deadline:
         try:
-            with direct.open(f"http://127.0.0.1:{port}/", timeout=5) as answer:
+            with direct.open(f"http://{probe}/", timeout=5) as answer:
                 headers = answer.headers
         except urllib.error.HTTPError as exc:  # the app's 4xx/5xx are answers too
             headers = exc.headers

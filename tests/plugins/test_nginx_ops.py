@@ -48,6 +48,7 @@ def helper(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> ModuleType:
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     monkeypatch.setattr(module, "CONF", str(conf))
+    monkeypatch.setattr(module, "SETTINGS", str(tmp_path / "fastapi-metal.json"))
     return module
 
 
@@ -73,17 +74,17 @@ def test_the_failure_window_is_fail_timeout_plus_nginx_clock_grain(helper: Modul
     assert helper.fail_window({"max_fails": "0", "fail_timeout": "2s"}) == 0.0  # never marked
 
 
-def test_the_probe_listener_is_found_in_nginx_conf(helper: ModuleType, tmp_path: Path) -> None:
-    assert helper.probe_port() is None
-    conf = Path(helper.CONF)
-    conf.write_text(
-        conf.read_text().replace(
-            "    server {\n        listen 443",
-            "    server {\n        listen 127.0.0.1:8299; # fastapi-metal-nginx probe\n    }\n"
-            "    server {\n        listen 443",
-        )
-    )
-    assert helper.probe_port() == 8299
+def test_the_probe_listener_is_read_from_the_roles_settings(
+    helper: ModuleType, tmp_path: Path
+) -> None:
+    assert helper.probe_address() is None  # no settings file: a configuration before the probe
+    settings = Path(helper.SETTINGS)
+    settings.write_text('{"probe": "127.0.0.1:8299"}\n')
+    assert helper.probe_address() == "127.0.0.1:8299"
+    for bad in ('{"probe": "10.0.0.1:8299"}', "[]", "probe=8299"):
+        settings.write_text(bad)
+        with pytest.raises(helper.NginxOpsError, match=str(settings)):
+            helper.probe_address()
 
 
 @pytest.mark.parametrize(
