@@ -13,9 +13,11 @@ STAMPS    := .lab/stamps
 # network's NAT with iptables, which nothing else pulls in (docs/lab.md).
 APT_PACKAGES := podman runc netavark aardvark-dns iptables debootstrap uidmap python3-venv \
                 python3-dev openssh-client openssl git postgresql-15 postgresql-client-15 \
-                ca-certificates curl
+                ca-certificates curl shellcheck
 # Molecule scenarios run by `make test`, in this order (each owns its containers and network).
 MOLECULE_SCENARIOS ?= base postgresql fastapi_app edge hardening cluster
+# `make timings APPS=8`: after the two-host timings, scale the lab out to 8 app hosts and back.
+APPS ?= 2
 
 export CONTAINERS_CONF := $(CURDIR)/lab/containers.conf
 export ANSIBLE_CONFIG  := $(CURDIR)/ansible.cfg
@@ -26,7 +28,7 @@ export NO_COLOR := 1
 export PY_COLORS := 0
 export ANSIBLE_FORCE_COLOR := 0
 
-.PHONY: help setup lab lab-up lab-down lab-status lint test test-app test-molecule test-zero-drop timings clean
+.PHONY: help setup lab lab-up lab-down lab-status lint sanity test test-app test-molecule test-zero-drop timings clean
 
 help:  ## List the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -50,6 +52,15 @@ $(STAMPS)/venv: pyproject.toml constraints.txt $(STAMPS)/apt
 $(STAMPS)/sslyze: $(STAMPS)/apt
 	[ -x .venv-sslyze/bin/python ] || $(PYTHON) -m venv .venv-sslyze
 	.venv-sslyze/bin/pip install -q 'sslyze==6.3.1'
+	touch $@
+
+# ansible-test sanity runs the tools ansible-test pins (pylint, validate-modules, ...): they
+# get a venv of their own, with the same ansible-core.
+$(STAMPS)/sanity: $(STAMPS)/venv
+	[ -x .venv-sanity/bin/python ] || $(PYTHON) -m venv .venv-sanity
+	req=$$($(BIN)/python -c 'import ansible_test, pathlib; print(pathlib.Path(ansible_test.__file__).parent / "_data/requirements")')
+	core=$$($(BIN)/python -c 'from ansible.release import __version__; print(__version__)')
+	.venv-sanity/bin/pip install -q --disable-pip-version-check "ansible-core==$$core" $$(cat $$req/sanity.*.txt | grep -v '^#' | sort -u)
 	touch $@
 
 setup: $(STAMPS)/venv $(STAMPS)/sslyze  ## Install apt packages, the project venv (.venv) and sslyze's
@@ -80,8 +91,17 @@ lint: setup  ## ruff, mypy, yamllint, ansible-lint (production profile)
 	$(BIN)/yamllint --strict .
 	$(BIN)/ansible-lint
 
+# ansible-test wants the collection at ansible_collections/<namespace>/<name>: it checks a
+# copy of the checkout's files there (tests/sanity/ignore-2.19.txt says what it may skip).
+sanity: $(STAMPS)/sanity  ## ansible-test sanity on the collection (pylint, validate-modules, ansible-doc, ...)
+	dest=.lab/sanity/ansible_collections/fastapi_metal/stack
+	rm -rf .lab/sanity && mkdir -p $$dest
+	git ls-files -co --exclude-standard | tar -cf - -T - | tar -xf - -C $$dest
+	cd $$dest && git init -q . && git add -A
+	$(CURDIR)/.venv-sanity/bin/ansible-test sanity --local --python 3.11 --skip-test pslint
+
 test-app: setup  ## pytest: the service against a real PostgreSQL, the static security checks, the modules
-	$(BIN)/pytest tests/app tests/security tests/roles tests/plugins tests/tools -q
+	$(BIN)/pytest tests/app tests/security tests/roles tests/plugins tests/tools tests/lab --ignore=tests/lab/cluster -q
 
 test-molecule: setup  ## molecule test for every scenario in MOLECULE_SCENARIOS
 	$(PYTHON) lab/lab.py image
@@ -91,13 +111,13 @@ test-molecule: setup  ## molecule test for every scenario in MOLECULE_SCENARIOS
 	  echo "molecule scenario $$s passed in $$(( $$(date +%s) - start )) s"
 	done
 
-timings: lab  ## Time a facts-only play, a site.yml rerun and rolling upgrades on the lab (.lab/results/timings.json)
-	$(BIN)/python -m tests.lab.timings
+timings: lab  ## Time a facts-only play, a site.yml rerun and rolling upgrades on the lab; APPS=8: then scale out to 8 app hosts and back (.lab/results/timings.json)
+	$(BIN)/python -m tests.lab.timings --apps $(APPS)
 
 test-zero-drop: lab  ## The cluster verify tests (rolling upgrades under load, 0 failed requests) on the local lab
 	$(BIN)/pytest -p no:cacheprovider tests/lab/cluster -v -s
 
-test: lint test-app test-molecule  ## The whole suite, as CI runs it
+test: lint sanity test-app test-molecule  ## The whole suite, as CI runs it
 
 clean: lab-down  ## Remove the lab, the venv and caches
-	rm -rf $(VENV) .venv-sslyze .lab .pytest_cache .mypy_cache .ruff_cache .ansible
+	rm -rf $(VENV) .venv-sslyze .venv-sanity .lab .pytest_cache .mypy_cache .ruff_cache .ansible

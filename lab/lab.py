@@ -155,7 +155,7 @@ def missing_tools(
     ]
 
 
-def cmd_check(_: argparse.Namespace) -> None:
+def cmd_check(_args: argparse.Namespace) -> None:
     missing = missing_tools(own_image=bool(os.environ.get("LAB_IMAGE")))
     if missing:
         raise SystemExit(
@@ -629,7 +629,7 @@ def write_inventory(want: list[Host]) -> None:
     log(f"inventory for {len(apps)} app hosts: -i {inv}")
 
 
-def cmd_down(_: argparse.Namespace) -> None:
+def cmd_down(_args: argparse.Namespace) -> None:
     t0 = time.monotonic()
     names = lab_containers()
     if names:
@@ -639,7 +639,7 @@ def cmd_down(_: argparse.Namespace) -> None:
     log(f"down in {time.monotonic() - t0:.1f} s ({len(names)} containers removed)")
 
 
-def cmd_status(_: argparse.Namespace) -> None:
+def cmd_status(_args: argparse.Namespace) -> None:
     names = lab_containers()
     if not names:
         print("lab is down")
@@ -661,7 +661,7 @@ def cmd_status(_: argparse.Namespace) -> None:
         print(f"{name:8} {state:10} systemd={sysstate:10} {ip.strip()}")
 
 
-def cmd_health(_: argparse.Namespace) -> None:
+def cmd_health(_args: argparse.Namespace) -> None:
     """What a person checks after `make lab`: every app host, then the edge over HTTPS."""
     apps = [n for n in sorted(lab_containers()) if n.startswith("app")]
     bad = 0

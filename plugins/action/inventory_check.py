@@ -32,7 +32,7 @@ class ActionModule(ActionBase):  # type: ignore[misc]  # ansible ships no type i
 
     def run(self, tmp: Any = None, task_vars: dict[str, Any] | None = None) -> dict[str, Any]:
         result: dict[str, Any] = super().run(tmp, task_vars)
-        _, args = self.validate_argument_spec(
+        _spec, args = self.validate_argument_spec(
             argument_spec={"prefixes": {"type": "list", "elements": "str", "default": []}}
         )
         prefixes: list[str] = args["prefixes"]

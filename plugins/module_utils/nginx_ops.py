@@ -47,7 +47,6 @@ import os
 import re
 import socket
 import subprocess
-import sys
 import tempfile
 import time
 import urllib.error
@@ -95,7 +94,9 @@ def exclusive() -> Iterator[None]:
 
 
 def nginx_test(conf: str) -> None:
-    proc = subprocess.run([NGINX, "-t", "-q", "-c", conf], capture_output=True, text=True)
+    proc = subprocess.run(
+        [NGINX, "-t", "-q", "-c", conf], capture_output=True, text=True, check=False
+    )
     if proc.returncode != 0:
         fail(f"nginx -t refused {conf}:\n{proc.stderr.strip()}")
 
@@ -118,7 +119,9 @@ def workers(master: int) -> set[int]:
 
 
 def is_active() -> bool:
-    return subprocess.run(["systemctl", "is-active", "--quiet", "nginx"]).returncode == 0
+    return (
+        subprocess.run(["systemctl", "is-active", "--quiet", "nginx"], check=False).returncode == 0
+    )
 
 
 def conf_digest() -> str:
@@ -218,7 +221,7 @@ def fail_window(params: dict[str, str]) -> float:
 
 def addresses(server: str) -> list[tuple[int, str, int]]:
     """(family, address, port) of a host:port server, resolved as nginx resolves it."""
-    host, _, port = server.rpartition(":")
+    host, _colon, port = server.rpartition(":")
     host = host.strip("[]")
     if not host or not port.isdigit():
         fail(f"{server}: expected host:port or unix:/path", 2)
@@ -230,14 +233,16 @@ def addresses(server: str) -> list[tuple[int, str, int]]:
 
 
 def nft(script: str) -> None:
-    proc = subprocess.run([NFT, "-f", "-"], input=script, capture_output=True, text=True)
+    proc = subprocess.run(
+        [NFT, "-f", "-"], input=script, capture_output=True, text=True, check=False
+    )
     if proc.returncode != 0:
         fail(f"nft refused:\n{script}\n{proc.stderr.strip()}")
 
 
 def ensure_table() -> None:
     """The drain table: two sets and the rule refusing new connections to their members."""
-    probe = subprocess.run([NFT, "list", "table", "inet", TABLE], capture_output=True)
+    probe = subprocess.run([NFT, "list", "table", "inet", TABLE], capture_output=True, check=False)
     if probe.returncode == 0:
         return
     nft(f"""table inet {TABLE} {{
@@ -254,7 +259,7 @@ def ensure_table() -> None:
 
 def drained_elements() -> set[tuple[int, str, int]]:
     proc = subprocess.run(
-        [NFT, "-j", "list", "table", "inet", TABLE], capture_output=True, text=True
+        [NFT, "-j", "list", "table", "inet", TABLE], capture_output=True, text=True, check=False
     )
     if proc.returncode != 0:
         return set()
@@ -446,7 +451,7 @@ def converge(check: bool) -> dict[str, object]:
     result.update(
         undrained=undrained,
         kept_drained=kept,
-        removed=[f"{a}:{p}" for _, a, p in leftovers],
+        removed=[f"{a}:{p}" for _family, a, p in leftovers],
         changed=bool(result["reloaded"] or undrained or leftovers),
         check=check,
     )
@@ -489,37 +494,3 @@ def upstream_by_reload(server: str, state: str, check: bool) -> dict[str, object
             os.unlink(tmp)
     reload()
     return result
-
-
-USAGE = """usage: fastapi-metal-nginx reload
-       fastapi-metal-nginx upstream SERVER down|up [--check]
-       fastapi-metal-nginx drained
-       fastapi-metal-nginx converge [--check]
-       fastapi-metal-nginx undrain-all [--check]"""
-
-
-def main(argv: list[str]) -> int:
-    """The operator command: words for people, JSON where a result has parts."""
-    check = argv[-1:] == ["--check"]
-    args = argv[:-1] if check else argv
-    try:
-        with exclusive():
-            if args == ["reload"] and not check:
-                print(reload())
-            elif args[:1] == ["upstream"] and len(args) == 3:
-                result = upstream(args[1], args[2], check)
-                print(("changed" + (" (check mode: nothing done)" if check else ""))
-                      if result["changed"] else "unchanged")  # fmt: skip
-            elif args == ["drained"] and not check:
-                print("\n".join(list_drained()))
-            elif args == ["converge"]:
-                print(json.dumps(converge(check)))
-            elif args == ["undrain-all"]:
-                print(json.dumps(undrain_all(check)))
-            else:
-                print(USAGE, file=sys.stderr)
-                return 2
-    except NginxOpsError as exc:
-        print(f"fastapi-metal-nginx: {exc}", file=sys.stderr)
-        return exc.code
-    return 0

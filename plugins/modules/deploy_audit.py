@@ -23,10 +23,12 @@ options:
     required: true
 attributes:
   check_mode:
+    description: Can run in check mode and report the change it would make, without making it.
     support: full
   diff_mode:
+    description: Returns the difference between the previous and the new state in diff mode.
     support: none
-author: fastapi-metal maintainers
+author: fastapi-metal maintainers (@fastapi-metal)
 """
 
 EXAMPLES = r"""

@@ -31,12 +31,15 @@ options:
     default: []
 attributes:
   action:
+    description: Runs on the controller (an action plugin); nothing is sent to the host.
     support: full
   check_mode:
+    description: Can run in check mode and report the change it would make, without making it.
     support: full
   diff_mode:
+    description: Returns the difference between the previous and the new state in diff mode.
     support: none
-author: fastapi-metal maintainers
+author: fastapi-metal maintainers (@fastapi-metal)
 """
 
 EXAMPLES = r"""

@@ -44,13 +44,16 @@ options:
     default: []
 attributes:
   action:
+    description: Runs on the controller (an action plugin); nothing is sent to the host.
     support: full
   check_mode:
+    description: Can run in check mode and report the change it would make, without making it.
     support: full
     details: The build only writes to the controller's cache; it runs in check mode too.
   diff_mode:
+    description: Returns the difference between the previous and the new state in diff mode.
     support: none
-author: fastapi-metal maintainers
+author: fastapi-metal maintainers (@fastapi-metal)
 """
 
 EXAMPLES = r"""

@@ -71,7 +71,7 @@ def test_metrics_sum_every_worker_whichever_worker_answers_the_scrape(
         assert expected >= len(sent)
 
         # Each scrape may land on either worker; every one must see every worker's count.
-        scrapes = [_get_on_a_new_connection(f"{server.base_url}/metrics", "s") for _ in range(6)]
+        scrapes = [_get_on_a_new_connection(f"{server.base_url}/metrics", "s") for _n in range(6)]
         for scrape in scrapes:
             assert scrape.status_code == 200
             total = sample_sum(

@@ -39,7 +39,7 @@ def test_an_insane_request_id_is_replaced(client: TestClient, incoming: str) -> 
 
 
 def test_a_request_id_is_generated_per_request(client: TestClient) -> None:
-    ids = {client.get("/health").headers["X-Request-ID"] for _ in range(3)}
+    ids = {client.get("/health").headers["X-Request-ID"] for _request in range(3)}
     assert len(ids) == 3
     assert all(HEX32.fullmatch(i) for i in ids)
 
@@ -129,7 +129,7 @@ def test_metrics_count_requests_by_route_template_and_status(client: TestClient)
 
     before = scrape()
     note_id = client.post("/notes", json={"title": "m"}).json()["id"]
-    for _ in range(3):
+    for _request in range(3):
         assert client.get(f"/notes/{note_id}").status_code == 200
     assert client.get("/notes/987654").status_code == 404
     assert client.get("/scanner/wp-login.php").status_code == 404

@@ -173,7 +173,7 @@ def test_concurrent_deploys_migrate_one_after_the_other(database_url: str, tmp_p
                 assert present == (None,), "migrated while another session held the lock"
 
                 holder.execute("SELECT pg_advisory_unlock(%s)", [MIGRATION_LOCK_KEY])
-                stdout, _ = proc.communicate(timeout=30)
+                stdout, _stderr = proc.communicate(timeout=30)
             finally:
                 if proc.poll() is None:
                     proc.kill()

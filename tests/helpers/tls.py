@@ -77,7 +77,7 @@ _ISSUE = re.compile(r"^\s+\* (?P<criterion>\w+): (?P<description>.*)$")
 
 def compliance_verdict(stdout: str, config: str = "intermediate") -> tuple[str, dict[str, str]]:
     """("OK" | "FAILED" | "ERROR" | "MISSING", {criterion: description}) from sslyze's console."""
-    _, sep, section = stdout.partition("COMPLIANCE AGAINST TLS CONFIGURATION")
+    _before, sep, section = stdout.partition("COMPLIANCE AGAINST TLS CONFIGURATION")
     if not sep or f'Checking results against Mozilla\'s "{config}" configuration' not in section:
         return "MISSING", {}
     verdicts = list(_VERDICT.finditer(section))

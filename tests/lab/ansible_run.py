@@ -55,7 +55,7 @@ class PlaybookRun:
         of the task after the last such task (the run's phases, e.g. staging); None if the
         run never started such a task."""
         starts = self.task_starts()
-        hits = [i for i, (task, _) in enumerate(starts) if any(n in task for n in names)]
+        hits = [i for i, (task, _when) in enumerate(starts) if any(n in task for n in names)]
         if not hits:
             return None
         end = starts[hits[-1] + 1][1] if hits[-1] + 1 < len(starts) else starts[hits[-1]][1] + 1
@@ -82,13 +82,18 @@ def ansible_env() -> dict[str, str]:
 NICE = ["nice", "-n", "10"]
 
 
-def playbook_cmd(playbook: str, *args: str, extra: dict[str, object] | None = None) -> list[str]:
+def playbook_cmd(
+    playbook: str,
+    *args: str,
+    extra: dict[str, object] | None = None,
+    inventory: Path = INVENTORY,
+) -> list[str]:
     cmd = [
         *NICE,
         str(VENV_BIN / "ansible-playbook"),
         str(ROOT / "playbooks" / playbook),
         "-i",
-        str(INVENTORY),
+        str(inventory),
     ]
     if extra:
         cmd += ["-e", json.dumps(extra)]
@@ -96,10 +101,14 @@ def playbook_cmd(playbook: str, *args: str, extra: dict[str, object] | None = No
 
 
 def run_playbook(
-    playbook: str, *args: str, extra: dict[str, object] | None = None, timeout: float = 1200
+    playbook: str,
+    *args: str,
+    extra: dict[str, object] | None = None,
+    timeout: float = 1200,
+    inventory: Path = INVENTORY,
 ) -> PlaybookRun:
     """Run a playbook to the end; the output is printed so CI logs explain themselves."""
-    cmd = playbook_cmd(playbook, *args, extra=extra)
+    cmd = playbook_cmd(playbook, *args, extra=extra, inventory=inventory)
     start = time.monotonic()
     proc = subprocess.run(
         cmd,
@@ -119,7 +128,8 @@ def run_playbook(
     RUN_LOGS.mkdir(parents=True, exist_ok=True)
     log = RUN_LOGS / f"{datetime.now():%H%M%S}-{Path(playbook).stem}-rc{run.rc}.log"
     log.write_text(" ".join(cmd) + "\n\n" + run.output)
-    print(f"\n$ {' '.join(playbook_cmd(playbook, *args))}  -> rc={run.rc} in {run.seconds:.1f} s")
+    shown = playbook_cmd(playbook, *args, inventory=inventory)  # the extra vars are in the log
+    print(f"\n$ {' '.join(shown)}  -> rc={run.rc} in {run.seconds:.1f} s")
     print(f"  output: {log}")
     print(f"  recap: {run.recap}")
     return run

@@ -87,7 +87,7 @@ class Pool:
         self.keepalive_expiry = keepalive_expiry
         default_port = 443 if scheme == "https" else 80
         self.host_header = host if port == default_port else f"{host}:{port}"
-        self.headers = [(name, value) for name, value in (headers or {}).items()]
+        self.headers = list((headers or {}).items())
         self._idle: list[_Connection] = []
         self._slots = asyncio.Semaphore(max_connections)
         #: Connections opened so far (each one a TCP and, over https, a TLS handshake).

@@ -1,6 +1,6 @@
 """How long the deploy takes on the lab, written to a JSON file (``make timings``).
 
-    python -m tests.lab.timings [--out .lab/results/timings.json]
+    python -m tests.lab.timings [--out .lab/results/timings.json] [--apps 8]
 
 Needs a converged lab (``make lab``) and changes it: it deploys a copy of the checkout with
 another version (release B: same code, no new migration) and back, so what is measured is
@@ -13,9 +13,18 @@ the deploy's own machinery. In order:
   again, both already built (the build cache answers);
 * then back to the checkout's release, untimed.
 
+With ``--apps N`` (N > 2) the lab then scales out to N app hosts (``lab.py up --apps N``,
+its own inventory) and, under ``scale``:
+
+* ``converge``: one ``site.yml`` on the N-host lab (N - 2 new hosts): it must work first time;
+* ``site_rerun``, ``upgrade_a_b_cold``, ``upgrade_b_a_cached``, ``upgrade_a_b_cached``: as
+  above, on N app hosts;
+* ``scale_in``: back to two app hosts (``lab.py up --apps 2``, ``site.yml``), timed too.
+
 Each entry: seconds, rc, changed, hosts and the five slowest tasks. ``ratios`` compares them
-with the targets of the deploy contract (rerun <= 5x facts; A->B cached <= 30 s for 2 hosts).
-Nothing here is a test: the numbers are for people, before and after a change.
+with the targets of the deploy contract (rerun <= 5x facts; A->B cached <= 30 s for 2 hosts;
+N hosts <= 2x the time of 2). Nothing here is a test: the numbers are for people, before and
+after a change.
 """
 
 from __future__ import annotations
@@ -31,7 +40,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from tests.lab.ansible_run import ROOT, PlaybookRun, run_playbook
+from tests.lab.ansible_run import INVENTORY, ROOT, PlaybookRun, run_playbook
 from tests.lab.releases import make_release
 
 # ansible.posix.profile_tasks' recap: "role : Task name ----------- 2.11s"
@@ -59,9 +68,52 @@ def must(run: PlaybookRun, what: str) -> PlaybookRun:
     return run
 
 
+def lab_up(apps: int) -> Path:
+    """Bring the lab to `apps` app hosts; the inventory that describes it."""
+    cmd = [sys.executable, str(ROOT / "lab/lab.py"), "up", "--apps", str(apps)]
+    subprocess.run(cmd, check=True)
+    return INVENTORY if apps == 2 else ROOT / ".lab/inventory"
+
+
+def deploys(b: dict[str, object], inventory: Path = INVENTORY) -> dict[str, Any]:
+    """A->B never built, B->A and A->B both cached, then back to A (untimed)."""
+    out: dict[str, Any] = {}
+    steps: list[tuple[str, dict[str, object]]] = [
+        ("upgrade_a_b_cold", b),
+        ("upgrade_b_a_cached", {}),
+        ("upgrade_a_b_cached", b),
+    ]
+    for name, extra in steps:
+        run = run_playbook("rolling_upgrade.yml", extra=extra, inventory=inventory)
+        out[name] = summary(must(run, name.replace("_", " ")))
+    must(
+        run_playbook("rolling_upgrade.yml", inventory=inventory),
+        "the way back to the checkout's release",
+    )
+    return out
+
+
+def scale(apps: int, tmp: Path) -> dict[str, Any]:
+    """Scale out to `apps` app hosts with one site.yml, deploy there, and scale back in."""
+    out: dict[str, Any] = {"apps": apps}
+    inventory = lab_up(apps)
+    out["converge"] = summary(
+        must(run_playbook("site.yml", inventory=inventory), f"site.yml scaling out to {apps}")
+    )
+    out["site_rerun"] = summary(
+        must(run_playbook("site.yml", inventory=inventory), f"site.yml (rerun, {apps} app hosts)")
+    )
+    b = {"fastapi_app_source": str(make_release(tmp / f"b{apps}", "base", "99.0.1"))}
+    out.update(deploys(b, inventory))
+    lab_up(2)
+    out["scale_in"] = summary(must(run_playbook("site.yml"), "site.yml scaling back in to 2"))
+    return out
+
+
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n", maxsplit=1)[0])
     parser.add_argument("--out", type=Path, default=ROOT / ".lab/results/timings.json")
+    parser.add_argument("--apps", type=int, default=2, help="then scale out to N app hosts")
     args = parser.parse_args()
     commit = subprocess.run(
         ["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
@@ -84,16 +136,9 @@ def main() -> int:
         b: dict[str, object] = {
             "fastapi_app_source": str(make_release(Path(tmp) / "b", "base", "99.0.0"))
         }
-        steps: list[tuple[str, dict[str, object]]] = [
-            ("upgrade_a_b_cold", b),
-            ("upgrade_b_a_cached", {}),
-            ("upgrade_a_b_cached", b),
-        ]
-        for name, extra in steps:
-            results[name] = summary(
-                must(run_playbook("rolling_upgrade.yml", extra=extra), name.replace("_", " "))
-            )
-        must(run_playbook("rolling_upgrade.yml"), "the way back to the checkout's release")
+        results.update(deploys(b))
+        if args.apps > 2:
+            results["scale"] = scale(args.apps, Path(tmp))
 
     facts = results["facts"]["seconds"]
     results["ratios"] = {
@@ -102,6 +147,12 @@ def main() -> int:
         "upgrade_a_b_cached_seconds": results["upgrade_a_b_cached"]["seconds"],
         "target_upgrade_a_b_cached_seconds_2_hosts": 30,
     }
+    if "scale" in results:
+        many, n = results["scale"], args.apps
+        for name in ("site_rerun", "upgrade_a_b_cached"):
+            ratio = many[name]["seconds"] / results[name]["seconds"]
+            results["ratios"][f"{name}_{n}_over_2"] = round(ratio, 2)
+        results["ratios"][f"target_{n}_over_2"] = 2
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2) + "\n")
     print(json.dumps(results["ratios"], indent=2))

@@ -122,7 +122,7 @@ class Vars:
 
     def problems(self, groups: list[str], app_hosts: list[str] | None = None) -> list[str]:
         return rule_problems(
-            lambda var, default: self.values.get(var, default),
+            self.values.get,
             lambda var: var in self.values,
             groups,
             ["app1", "app2"] if app_hosts is None else app_hosts,

@@ -386,7 +386,7 @@ def assert_stopped_in_preflight(
     )
     delegated = [(m["host"], m["to"]) for m in RESULT.finditer(run.output)]
     assert delegated, context
-    assert all(to == "localhost" for _, to in delegated), (
+    assert all(to == "localhost" for _task, to in delegated), (
         f"{case.id}: a result not on the controller: {delegated}"
     )
     assert run.recap, context

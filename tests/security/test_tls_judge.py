@@ -125,7 +125,7 @@ def test_the_judged_dh_prime_is_the_one_nginx_is_given() -> None:
     pem = (ROOT / "roles/nginx/files/ffdhe2048.pem").read_text()
     der = base64.b64decode("".join(line for line in pem.splitlines() if "-----" not in line))
     assert der[0] == 0x30
-    _, at = der_length(der, 1)
+    _length, at = der_length(der, 1)
     assert der[at] == 0x02
     size, at = der_length(der, at + 1)
     assert int.from_bytes(der[at : at + size], "big") == FFDHE2048_PRIME

@@ -45,7 +45,7 @@ async def _within(seconds: float, check: Callable[[], Awaitable[T]]) -> T:
 
     task = asyncio.create_task(run())
     try:
-        done, _ = await asyncio.wait({task}, timeout=seconds)
+        done, _pending = await asyncio.wait({task}, timeout=seconds)
     finally:
         if not task.done():
             task.cancel()

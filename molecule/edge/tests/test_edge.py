@@ -170,7 +170,7 @@ def test_unknown_names_get_no_answer(lb, client1):
 def headers_of(output: str) -> dict[str, str]:
     lines = output.replace("\r", "").split("\n")
     return {
-        k.lower(): v.strip() for k, _, v in (ln.partition(":") for ln in lines[1:] if ":" in ln)
+        k.lower(): v.strip() for k, _c, v in (ln.partition(":") for ln in lines[1:] if ":" in ln)
     }
 
 
@@ -346,6 +346,7 @@ def test_tls_complies_with_mozilla_intermediate(pebble_root, tmp_path):
         capture_output=True,
         text=True,
         timeout=120,
+        check=False,
     )
     assert report.exists(), (
         f"sslyze wrote no report (exit {scan.returncode}): {scan.stderr[-2000:]}"

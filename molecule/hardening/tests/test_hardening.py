@@ -75,7 +75,7 @@ def test_the_sandbox_is_in_effect_and_writable_only_where_the_app_keeps_state(ho
         "readlink /proc/1/ns/mnt"
     ), "the service shares PID 1's mount namespace: no sandbox"
     table = mounts(host, pid)
-    root = [opts for point, opts, _, _ in table if point == "/"]
+    root = [row[1] for row in table if row[0] == "/"]
     assert "ro" in root[-1], "'/' is writable for the service"
     writable = [
         (p, src) for p, opts, fstype, src in table if "rw" in opts and fstype not in VIRTUAL
@@ -87,7 +87,7 @@ def test_the_sandbox_is_in_effect_and_writable_only_where_the_app_keeps_state(ho
         if p not in allowed and not (p in PRIVATE_TMP and "/systemd-private-" in src)
     ]
     assert unexpected == [], unexpected
-    home = [p for p, _, _, _ in table if p in ("/home", "/root")]
+    home = [row[0] for row in table if row[0] in ("/home", "/root")]
     assert home, "ProtectHome=true hides /home and /root"
 
 

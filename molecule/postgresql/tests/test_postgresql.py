@@ -115,7 +115,7 @@ def test_app_role_has_no_power_and_owns_only_its_database(host):
 def test_login_roles_and_superusers_are_exactly_the_expected_ones(host):
     # Debian's postgres, and one login role per app database (molecule.yml: notes).
     login = superuser_sql(host, "SELECT rolname FROM pg_roles WHERE rolcanlogin")
-    assert_same("login roles", login.splitlines(), {"postgres", *(o for _, o in DATABASES)})
+    assert_same("login roles", login.splitlines(), {"postgres", *(db[1] for db in DATABASES)})
     superusers = superuser_sql(host, "SELECT rolname FROM pg_roles WHERE rolsuper")
     assert_same("superusers", superusers.splitlines(), {"postgres"})
 

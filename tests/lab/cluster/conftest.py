@@ -11,12 +11,12 @@ from pathlib import Path
 import pytest
 
 from tests.lab.ansible_run import ROOT, lab_exec
+from tests.lab.topology import ADDRESSES, APP_HOSTS, LAB_VARS, LB_IP
 
-SITE = "app.lab.test"
-LB_IP = "10.89.50.10"
-PEBBLE_MGMT = "https://10.89.50.5:15000"
-APP_HOSTS = {"app1": "10.89.50.31", "app2": "10.89.50.32"}
-LAB_HOSTS = ("lb1", "app1", "app2", "db1")  # the converged hosts (acme runs pebble only)
+__all__ = ["APP_HOSTS", "LB_IP", "SITE"]
+SITE = LAB_VARS["lab_site_name"]
+PEBBLE_MGMT = "https://10.89.50.5:15000"  # pebble's management API (lab/lab.py: acme)
+LAB_HOSTS = tuple(ADDRESSES)  # the converged hosts (acme runs pebble only)
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import pytest
 
 from tests.lab.ansible_run import lab_exec
+from tests.lab.topology import ADDRESSES, LAB_DB_PASSWORD
 from tests.security.preflight_cases import (
     CASES,
     LAB,
@@ -17,8 +18,6 @@ from tests.security.preflight_cases import (
     NoSshRunner,
     assert_stopped_in_preflight,
 )
-
-LAB_DB_PASSWORD = "lab-db-pass-1"  # inventories/lab/group_vars/all.yml
 
 # What a run that got past preflight would change first, per host (podman exec, not ssh).
 STATE = {
@@ -90,7 +89,7 @@ def test_the_good_lab_inventory_gets_past_preflight_to_the_recorder(runner: NoSs
     print(result.run.recap)
     # site.yml's first play after preflight checks the deploy lock on the lock host (app1)
     # alone; the hosts of the plays that follow are tried too.
-    for ip in ("10.89.50.10", "10.89.50.20", "10.89.50.31"):
+    for ip in (ADDRESSES["lb1"], ADDRESSES["db1"], ADDRESSES["app1"]):
         assert any(ip in line.split() for line in result.ssh_attempts), (ip, result.ssh_attempts)
     unreachable = {host for host, r in result.run.recap.items() if r["unreachable"]}
     assert unreachable >= {"app1", "lb1", "db1"}, result.run.recap

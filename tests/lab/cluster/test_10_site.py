@@ -8,9 +8,9 @@ from pathlib import Path
 
 from tests.helpers.logscan import LogSource, scan_for_secrets
 from tests.lab.ansible_run import lab_exec, run_playbook
-from tests.lab.cluster.conftest import APP_HOSTS, edge, edge_json
+from tests.lab.cluster.conftest import edge, edge_json
+from tests.lab.topology import APP_HOSTS, LAB_DB_PASSWORD, LB_IP
 
-LAB_DB_PASSWORD = "lab-db-pass-1"  # inventories/lab/group_vars/all.yml
 APP1_URL = f"http://{APP_HOSTS['app1']}:8000"
 
 
@@ -40,7 +40,8 @@ def test_edge_serves_https_with_a_certificate_from_pebble(pebble_roots: Path) ->
 def test_http_redirects_to_https() -> None:
     out = lab_exec(
         "app1",
-        "curl -s -o /dev/null -w '%{http_code} %{redirect_url}' -H 'Host: app.lab.test' http://10.89.50.10/notes",
+        "curl -s -o /dev/null -w '%{http_code} %{redirect_url}' -H 'Host: app.lab.test' "
+        f"http://{LB_IP}/notes",
     )
     assert out.stdout == "301 https://app.lab.test/notes", out.stdout
 

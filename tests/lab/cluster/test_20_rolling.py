@@ -301,7 +301,7 @@ def test_f_a_concurrent_deploy_is_refused_by_the_lock(
         if holder:  # the first deploy may have finished meanwhile
             assert holder["action"] == "deploy" and holder["who"] in flat
     finally:
-        out, _ = first.communicate(timeout=600)
+        out, _err = first.communicate(timeout=600)
     assert first.returncode == 0, out[-4000:]
     assert all(current_release(host) == state["B"] for host in APP_HOSTS)
     assert lab_exec("app1", f"test -e {LOCK}", check=False).returncode != 0, "the lock is released"

@@ -28,10 +28,9 @@ from tests.helpers.logscan import (
 )
 from tests.helpers.probe import expected_verdicts, probe_command, probe_problems
 from tests.lab.ansible_run import ROOT, lab_exec, run_playbook
-from tests.lab.cluster.conftest import APP_HOSTS, LB_IP, SITE
+from tests.lab.cluster.conftest import SITE
+from tests.lab.topology import APP_HOSTS, DB_IP, LAB_DB_PASSWORD, LB_IP
 
-LAB_DB_PASSWORD = "lab-db-pass-1"  # inventories/lab/group_vars/all.yml
-DB_IP = "10.89.50.20"
 OUTSIDER = "acme"  # on the lab network, in no inventory group
 APP = "notes"
 # A second secret, given only to the check run below: it must not surface anywhere either.
@@ -247,7 +246,7 @@ def test_the_running_service_may_write_only_its_state_runtime_and_private_tmp(ho
         fields = line.split()
         fstype = fields[fields.index("-") + 1]
         table.append((fields[4], fields[5].split(","), fstype, fields[3]))
-    root = [opts for point, opts, _, _ in table if point == "/"]
+    root = [row[1] for row in table if row[0] == "/"]
     assert root and "ro" in root[-1], (
         f"{host}: '/' is writable in the service's mount namespace: ProtectSystem=strict is not in"
         " effect (systemd sets up no mount namespace in a container without CAP_SYS_ADMIN;"

@@ -176,7 +176,7 @@ def _make_pki(directory: Path) -> Pki:
         return cert, key
 
     ca_cert, ca_key = ca("loadgen test CA")
-    other_cert, _ = ca("some other CA")
+    other_cert, _other_key = ca("some other CA")
     leaf_key = ec.generate_private_key(ec.SECP256R1())
     leaf = (
         x509.CertificateBuilder()

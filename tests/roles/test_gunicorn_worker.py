@@ -1,0 +1,92 @@
+"""The fastapi_app role's Gunicorn worker class (roles/fastapi_app/templates/gunicorn_worker.py,
+included in gunicorn.conf.py): a request sent on a connection the worker accepted just before
+a graceful stop is answered, where uvicorn_worker's own worker resets it. Real Gunicorn, real
+signals, a raw socket: the stock worker is the control that shows the probe sees a reset."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+
+from tests.helpers.cli import clean_env
+from tests.helpers.gunicorn import VENV_BIN
+from tests.helpers.net import free_port, wait_for_port
+
+ROOT = Path(__file__).resolve().parents[2]
+WORKER = ROOT / "roles/fastapi_app/templates/gunicorn_worker.py"
+APP = """
+async def app(scope, receive, send):
+    if scope["type"] != "http":
+        return
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    await send({"type": "http.response.body", "body": b"served"})
+"""
+# Uvicorn checks for a stop every 0.1 s and then closes idle connections at once; the
+# request goes out well after that, and well within the role's worker's grace (1 s).
+SEND_AFTER_SIGTERM_S = 0.35
+
+
+@contextmanager
+def gunicorn(tmp_path: Path, config: str) -> Iterator[tuple[subprocess.Popen[bytes], int]]:
+    (tmp_path / "asgi.py").write_text(APP)
+    (tmp_path / "gunicorn.conf.py").write_text(config)
+    port = free_port()
+    argv = [str(VENV_BIN / "gunicorn"), "-c", "gunicorn.conf.py", "-w", "1",
+            "-b", f"127.0.0.1:{port}", "--graceful-timeout", "5", "asgi:app"]  # fmt: skip
+    log = (tmp_path / "gunicorn.log").open("wb")
+    proc = subprocess.Popen(argv, cwd=tmp_path, env=clean_env(), stdout=log, stderr=log)
+    try:
+        wait_for_port(port, timeout=30)
+        time.sleep(0.5)  # the worker is up and accepting, not only the master bound
+        yield proc, port
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(timeout=10)
+        log.close()
+
+
+def request_across_a_stop(proc: subprocess.Popen[bytes], port: int) -> bytes:
+    """Connect (the worker accepts), stop Gunicorn gracefully, then send the request."""
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as conn:
+        time.sleep(0.2)  # accepted by the worker's event loop
+        os.kill(proc.pid, signal.SIGTERM)
+        time.sleep(SEND_AFTER_SIGTERM_S)
+        try:
+            conn.sendall(b"POST / HTTP/1.1\r\nHost: app\r\nContent-Length: 0\r\n\r\n")
+            answer = b""
+            while chunk := conn.recv(4096):  # the worker closes the connection once it answered
+                answer += chunk
+            return answer
+        except ConnectionResetError:
+            return b"reset"
+
+
+def test_the_roles_worker_answers_a_request_sent_after_the_stop_began(tmp_path: Path) -> None:
+    with gunicorn(tmp_path, WORKER.read_text()) as (proc, port):
+        answer = request_across_a_stop(proc, port)
+        assert proc.wait(timeout=10) == 0
+    assert answer.startswith(b"HTTP/1.1 200"), answer
+    assert b"served" in answer
+
+
+def test_the_stock_worker_resets_it(tmp_path: Path) -> None:
+    """The control: without the role's worker the same request is lost."""
+    with gunicorn(tmp_path, 'worker_class = "uvicorn_worker.UvicornWorker"\n') as (proc, port):
+        answer = request_across_a_stop(proc, port)
+    assert answer in (b"", b"reset"), answer
+
+
+@pytest.mark.parametrize("template", ["gunicorn.conf.py.j2"])
+def test_the_config_template_includes_the_worker(template: str) -> None:
+    text = (ROOT / "roles/fastapi_app/templates" / template).read_text()
+    assert "{% include 'gunicorn_worker.py' %}" in text
+    assert "worker_class" not in text  # the included file sets it
