@@ -40,12 +40,12 @@ options:
   unit:
     description: The systemd unit whose journal a failure quotes.
     type: str
+extends_documentation_fragment:
+  - fastapi_metal.stack.attributes
 attributes:
   check_mode:
-    description: Can run in check mode and report the change it would make, without making it.
     support: full
   diff_mode:
-    description: Returns the difference between the previous and the new state in diff mode.
     support: none
 author: fastapi-metal maintainers (@fastapi-metal)
 """

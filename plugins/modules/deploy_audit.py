@@ -21,12 +21,12 @@ options:
     description: What to record (deploy id, action, who, releases, outcome, message...).
     type: dict
     required: true
+extends_documentation_fragment:
+  - fastapi_metal.stack.attributes
 attributes:
   check_mode:
-    description: Can run in check mode and report the change it would make, without making it.
     support: full
   diff_mode:
-    description: Returns the difference between the previous and the new state in diff mode.
     support: none
 author: fastapi-metal maintainers (@fastapi-metal)
 """

@@ -41,12 +41,12 @@ options:
     description: How the user sets O(force), for the refusal's message.
     type: str
     default: force=true
+extends_documentation_fragment:
+  - fastapi_metal.stack.attributes
 attributes:
   check_mode:
-    description: Can run in check mode and report the change it would make, without making it.
     support: full
   diff_mode:
-    description: Returns the difference between the previous and the new state in diff mode.
     support: none
 author: fastapi-metal maintainers (@fastapi-metal)
 """

@@ -19,12 +19,12 @@ description:
     drained and is listed in C(kept_drained) for the app's own roll to heal.
   - Not a handler on purpose, so configuration on disk that is not live never outlasts a run.
 options: {}
+extends_documentation_fragment:
+  - fastapi_metal.stack.attributes
 attributes:
   check_mode:
-    description: Can run in check mode and report the change it would make, without making it.
     support: full
   diff_mode:
-    description: Returns the difference between the previous and the new state in diff mode.
     support: none
 author: fastapi-metal maintainers (@fastapi-metal)
 """

@@ -29,12 +29,12 @@ options:
     type: str
     choices: [drained, serving]
     default: serving
+extends_documentation_fragment:
+  - fastapi_metal.stack.attributes
 attributes:
   check_mode:
-    description: Can run in check mode and report the change it would make, without making it.
     support: full
   diff_mode:
-    description: Returns the difference between the previous and the new state in diff mode.
     support: full
 author: fastapi-metal maintainers (@fastapi-metal)
 """

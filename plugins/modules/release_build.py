@@ -42,16 +42,16 @@ options:
     type: list
     elements: str
     default: []
+extends_documentation_fragment:
+  - fastapi_metal.stack.attributes
+  - fastapi_metal.stack.attributes.action
 attributes:
   action:
-    description: Runs on the controller (an action plugin); nothing is sent to the host.
     support: full
   check_mode:
-    description: Can run in check mode and report the change it would make, without making it.
     support: full
     details: The build only writes to the controller's cache; it runs in check mode too.
   diff_mode:
-    description: Returns the difference between the previous and the new state in diff mode.
     support: none
 author: fastapi-metal maintainers (@fastapi-metal)
 """
