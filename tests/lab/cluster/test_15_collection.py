@@ -72,6 +72,8 @@ def test_the_collection_builds_installs_and_converges_the_lab_from_its_own_repos
         assert member is not None
         manifest = json.loads(member.read())
     assert manifest["collection_info"]["dependencies"] == GALAXY["dependencies"]
+    local = sorted(n for n in names if n.split("/")[0].startswith((".venv", ".lab", ".ansible")))
+    assert not local, f"the artifact holds the checkout's local state: {local[:5]}"
     wanted = (
         "playbooks/site.yml", "playbooks/rolling_upgrade.yml", "playbooks/rollback.yml",
         "roles/fastapi_app/meta/argument_specs.yml", "roles/nginx/files/fastapi-metal-nginx",
