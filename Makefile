@@ -54,15 +54,6 @@ $(STAMPS)/sslyze: $(STAMPS)/apt
 	.venv-sslyze/bin/pip install -q 'sslyze==6.3.1'
 	touch $@
 
-# ansible-test sanity runs the tools ansible-test pins (pylint, validate-modules, ...): they
-# get a venv of their own, with the same ansible-core.
-$(STAMPS)/sanity: $(STAMPS)/venv
-	[ -x .venv-sanity/bin/python ] || $(PYTHON) -m venv .venv-sanity
-	req=$$($(BIN)/python -c 'import ansible_test, pathlib; print(pathlib.Path(ansible_test.__file__).parent / "_data/requirements")')
-	core=$$($(BIN)/python -c 'from ansible.release import __version__; print(__version__)')
-	.venv-sanity/bin/pip install -q --disable-pip-version-check "ansible-core==$$core" $$(cat $$req/sanity.*.txt | grep -v '^#' | sort -u)
-	touch $@
-
 setup: $(STAMPS)/venv $(STAMPS)/sslyze  ## Install apt packages, the project venv (.venv) and sslyze's
 
 lab-up: setup  ## Build the lab image (cached) and bring the lab hosts up
@@ -91,14 +82,21 @@ lint: setup  ## ruff, mypy, yamllint, ansible-lint (production profile)
 	$(BIN)/yamllint --strict .
 	$(BIN)/ansible-lint
 
-# ansible-test wants the collection at ansible_collections/<namespace>/<name>: it checks a
-# copy of the checkout's files there (tests/sanity/ignore-2.19.txt says what it may skip).
-sanity: $(STAMPS)/sanity  ## ansible-test sanity on the collection (pylint, validate-modules, ansible-doc, ...)
+# ansible-test sanity: the collection must sit at ansible_collections/<namespace>/<name>, so a
+# copy of the checkout's files goes there (tests/sanity/ignore-2.19.txt says what it may
+# skip). Each test runs in a venv of its own with the versions ansible-test pins, from PyPI;
+# ansible-test puts pip into those venvs with a get-pip script it downloads from
+# ci-files.testing.ansible.com, out of reach here: tests/sanity/get_pip.py stands in, saved
+# where ansible-test looks for the script it would have downloaded.
+sanity: setup  ## ansible-test sanity on the collection (pylint, validate-modules, ansible-doc, ...)
+	pip=$$($(BIN)/python -c 'import types; from ansible_test._internal.python_requirements import get_venv_packages as g; print(g(types.SimpleNamespace(version="3.11"))["pip"])')
+	mkdir -p ~/.ansible/test/cache
+	cp tests/sanity/get_pip.py ~/.ansible/test/cache/get_pip_$${pip//./_}.py
 	dest=.lab/sanity/ansible_collections/fastapi_metal/stack
 	rm -rf .lab/sanity && mkdir -p $$dest
 	git ls-files -co --exclude-standard | tar -cf - -T - | tar -xf - -C $$dest
 	cd $$dest && git init -q . && git add -A
-	$(CURDIR)/.venv-sanity/bin/ansible-test sanity --local --python 3.11 --skip-test pslint
+	$(CURDIR)/$(BIN)/ansible-test sanity --python 3.11 --skip-test pslint
 
 test-app: setup  ## pytest: the service against a real PostgreSQL, the static security checks, the modules
 	$(BIN)/pytest tests/app tests/security tests/roles tests/plugins tests/tools tests/lab --ignore=tests/lab/cluster -q
@@ -120,4 +118,4 @@ test-zero-drop: lab  ## The cluster verify tests (rolling upgrades under load, 0
 test: lint sanity test-app test-molecule  ## The whole suite, as CI runs it
 
 clean: lab-down  ## Remove the lab, the venv and caches
-	rm -rf $(VENV) .venv-sslyze .venv-sanity .lab .pytest_cache .mypy_cache .ruff_cache .ansible
+	rm -rf $(VENV) .venv-sslyze .lab .pytest_cache .mypy_cache .ruff_cache .ansible
