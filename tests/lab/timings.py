@@ -113,7 +113,14 @@ def scale(apps: int, tmp: Path) -> dict[str, Any]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n", maxsplit=1)[0])
     parser.add_argument("--out", type=Path, default=ROOT / ".lab/results/timings.json")
-    parser.add_argument("--apps", type=int, default=2, help="then scale out to N app hosts")
+    parser.add_argument(
+        "--apps",
+        type=int,
+        default=2,
+        choices=range(2, 9),
+        metavar="2-8",
+        help="then scale out to N app hosts (2: no scaling)",
+    )
     args = parser.parse_args()
     commit = subprocess.run(
         ["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],

@@ -11,9 +11,8 @@ from pathlib import Path
 import pytest
 
 from tests.lab.ansible_run import ROOT, lab_exec
-from tests.lab.topology import ADDRESSES, APP_HOSTS, LAB_VARS, LB_IP
+from tests.lab.topology import ADDRESSES, LAB_VARS, LB_IP
 
-__all__ = ["APP_HOSTS", "LB_IP", "SITE"]
 SITE = LAB_VARS["lab_site_name"]
 PEBBLE_MGMT = "https://10.89.50.5:15000"  # pebble's management API (lab/lab.py: acme)
 LAB_HOSTS = tuple(ADDRESSES)  # the converged hosts (acme runs pebble only)

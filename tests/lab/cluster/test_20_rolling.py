@@ -21,9 +21,10 @@ import pytest
 import yaml
 
 from tests.lab.ansible_run import ROOT, PlaybookRun, lab_exec, run_playbook, start_playbook
-from tests.lab.cluster.conftest import APP_HOSTS, LB_IP, SITE, edge, edge_json
+from tests.lab.cluster.conftest import SITE, edge, edge_json
 from tests.lab.loadgen import LoadGenerator, LoadResult
 from tests.lab.releases import make_release, read_release_info
+from tests.lab.topology import APP_HOSTS, LB_IP
 
 RESULTS = ROOT / ".lab" / "results"
 LOCK = "/var/lib/fastapi-metal/notes/deploy.lock"
