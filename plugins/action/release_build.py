@@ -19,6 +19,10 @@ SPEC: dict[str, Any] = {
     "constraints": {"type": "str", "default": ""},
     "release": {"type": "str", "default": ""},
     "server": {"type": "list", "elements": "str", "default": []},
+    "files": {"type": "list", "elements": "str", "default": []},
+    "hosts_python": {"type": "list", "elements": "str", "default": []},
+    "hosts_machine": {"type": "list", "elements": "str", "default": []},
+    "python": {"type": "str", "default": ""},
 }
 
 
@@ -32,7 +36,8 @@ class ActionModule(ActionBase):  # type: ignore[misc]  # ansible ships no type i
         try:
             built = build(
                 args["name"], args["source"], args["cache"], args["constraints"], args["release"],
-                args["server"],
+                args["server"], args["files"], args["hosts_python"], args["hosts_machine"],
+                args["python"],
             )  # fmt: skip
         except BuildError as exc:
             result.update(

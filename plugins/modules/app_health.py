@@ -10,8 +10,14 @@ module: app_health
 short_description: Wait until an app answers healthy on its health URL, serving the expected release
 description:
   - Polls the URL every 0.2 s from the app host itself (an Ansible C(until) loop costs one
-    round trip per try and waits whole seconds) until it answers 200 and, when
+    round trip per try and waits whole seconds) until it answers with a 2xx status and, when
     O(release_key) is set, the JSON body's O(release_key) equals O(release).
+  - With O(cwd) and O(unit), the proof that the release answers needs nothing from the app:
+    the unit's main process (the Gunicorn master whose workers answer) must run in O(cwd),
+    the release's directory, which a master only gets by being started on that release.
+    Where C(/proc/PID/cwd) cannot be read (no ptrace rights, as in a container), the master
+    must have started after every symbolic link on the way to the unit's C(WorkingDirectory)
+    last changed, and that path must lead to O(cwd).
   - Read-only, so it also runs in check mode.
   - On a timeout the failure names the last answer and, with O(unit), the last lines that
     unit wrote to the journal (why workers that cannot boot never answer).
@@ -27,7 +33,7 @@ options:
     type: float
     default: 60
   release_key:
-    description: JSON key of the answer that must equal O(release); empty accepts any 200.
+    description: JSON key of the answer that must equal O(release); empty accepts any 2xx.
     type: str
     default: ""
   release:
@@ -38,8 +44,11 @@ options:
     description: Connect to this unix socket instead of the URL's host and port.
     type: str
   unit:
-    description: The systemd unit whose journal a failure quotes.
+    description: The unit whose journal a failure quotes and whose main process O(cwd) checks.
     type: str
+  cwd:
+    description: The directory the main process of O(unit) must run in (the release directory).
+    type: path
 extends_documentation_fragment:
   - fastapi_metal.stack.attributes
 attributes:
@@ -57,6 +66,12 @@ EXAMPLES = r"""
     release_key: release
     release: 1.4.0-ab12cd34
     unit: notes.service
+
+- name: Wait until any 2xx comes from a master started on the release
+  fastapi_metal.stack.app_health:
+    url: "http://{{ ansible_host }}:8000/healthz"
+    unit: shop.service
+    cwd: /opt/shop/releases/2.0.1-9f8e7d6c5b
 """
 
 RETURN = r"""
@@ -81,6 +96,7 @@ journal:
 
 import http.client
 import json
+import os
 import socket
 import subprocess
 import time
@@ -133,8 +149,53 @@ def journal(unit: str) -> list[str]:
     return lines[-JOURNAL_LINES:]
 
 
+def unit_show(unit: str) -> dict[str, str]:
+    out = subprocess.run(
+        ["systemctl", "show", unit, "--property", "MainPID",
+         "--property", "ExecMainStartTimestampMonotonic", "--property", "WorkingDirectory"],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    return dict(line.split("=", 1) for line in out.stdout.splitlines() if "=" in line)
+
+
+def links_changed(path: str) -> float:
+    """The newest change of a symbolic link on the way to ``path`` (0 when none)."""
+    newest, seen = 0.0, ""
+    for part in path.strip("/").split("/"):
+        seen = os.path.join(seen or "/", part)
+        if os.path.islink(seen):
+            newest = max(newest, os.lstat(seen).st_mtime)
+            seen = os.path.realpath(seen)
+    return newest
+
+
+def main_process_dir(unit: str) -> str:
+    """Where the unit's main process runs ("" when it has none or it cannot be told).
+
+    /proc/PID/cwd needs ptrace rights over the process (root without CAP_SYS_PTRACE, as in
+    a container, has none): then the proof is that the main process started after every
+    symbolic link on the way to its WorkingDirectory last changed, and where that path
+    leads now is where it runs."""
+    props = unit_show(unit)
+    pid = props.get("MainPID", "0")
+    if not pid.isdigit() or pid == "0":
+        return ""
+    try:
+        return os.path.realpath(os.readlink(f"/proc/{pid}/cwd"))
+    except OSError:
+        pass
+    workdir = props.get("WorkingDirectory", "").lstrip("!~")
+    started = props.get("ExecMainStartTimestampMonotonic", "0")
+    if not workdir.startswith("/") or not started.isdigit() or started == "0":
+        return ""
+    started_at = int(started) / 1e6 + (time.time() - time.monotonic())
+    if started_at < links_changed(workdir):
+        return f"{workdir} as it was before its link changed"
+    return os.path.realpath(workdir)
+
+
 def healthy(status: int, body: str, key: str, want: str) -> bool:
-    if status != 200:
+    if not 200 <= status < 300:
         return False
     if not key:
         return True
@@ -145,7 +206,13 @@ def healthy(status: int, body: str, key: str, want: str) -> bool:
 
 
 def wait(
-    url: str, timeout: float, key: str, want: str, unix_socket: str | None
+    url: str,
+    timeout: float,
+    key: str,
+    want: str,
+    unix_socket: str | None,
+    unit: str | None = None,
+    cwd: str | None = None,
 ) -> dict[str, object]:
     """Poll until healthy or ``timeout``: ok, elapsed, tries and the last answer."""
     start = time.monotonic()
@@ -155,7 +222,13 @@ def wait(
         try:
             status, body = probe(url, unix_socket)
             last = f"{status} {body.strip()[:300]}"
-            if healthy(status, body, key, want):
+            ok = healthy(status, body, key, want)
+            if ok and cwd and unit:
+                where = main_process_dir(unit)
+                if where != os.path.realpath(cwd):
+                    ok = False
+                    last += f" (but the main process of {unit} runs in {where or 'no directory'})"
+            if ok:
                 return {
                     "ok": True,
                     "elapsed": round(time.monotonic() - start, 2),
@@ -183,17 +256,20 @@ def main() -> None:
             "release": {"type": "str", "default": ""},
             "unix_socket": {"type": "str"},
             "unit": {"type": "str"},
+            "cwd": {"type": "path"},
         },
         supports_check_mode=True,
     )
     p = module.params
     key, want = (p["release_key"], p["release"]) if p["release_key"] else ("", "")
-    result = wait(p["url"], p["timeout"], key, want, p["unix_socket"])
+    result = wait(p["url"], p["timeout"], key, want, p["unix_socket"], p["unit"], p["cwd"])
     result.update(url=p["url"], release=want, changed=False)
     if result.pop("ok"):
         module.exit_json(**result)
     lines = journal(p["unit"]) if p["unit"] else []
     what = f"serve release {want}" if key else "answer healthy"
+    if p["cwd"]:
+        what += f" from a master started in {p['cwd']}"
     msg = (
         f"did not {what} on {p['url']} within {p['timeout']:g} s; "
         f"last health answer: {result['last']}"

@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ansible_collections.fastapi_metal.stack.plugins.plugin_utils.systemd_env import env_problem
+
 PORT = r"^([1-9][0-9]{0,3}|[1-5][0-9]{4}|6[0-4][0-9]{3}|65[0-4][0-9]{2}|655[0-2][0-9]|6553[0-5])$"
 FQDN = (
     r"^(?=.{4,253}$)([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)+"
@@ -164,6 +166,26 @@ def incomplete_databases(databases: Any) -> list[str]:
     return bad
 
 
+def env_problems(get: Lookup, render_error: Callable[[str], str | None]) -> list[str]:
+    """Every key and value of the app's environment must fit in its environment file."""
+    out = []
+    for var in ("fastapi_app_env", "fastapi_app_secret_env", "fastapi_app_database_env"):
+        variables = {} if render_error(var) else get(var, {}) or {}
+        if not isinstance(variables, Mapping):
+            out.append(
+                f"{var}: expected a mapping of names to values (e.g. {{APP_ENV: production}}); "
+                f"got a {type(variables).__name__}"
+            )
+            continue
+        for key, value in variables.items():
+            if problem := env_problem(key, value):
+                out.append(
+                    f"{var}: expected names of letters, digits and _ and one-line values "
+                    f"(e.g. {{LOG_LEVEL: INFO}}); {problem}"
+                )
+    return out
+
+
 def rule_problems(
     get: Lookup,
     defined: Callable[[str], bool],
@@ -190,6 +212,7 @@ def rule_problems(
                 "postgresql://USER:PASSWORD@HOST:5432/DB; it cannot be rendered (does it refer to a "
                 "group or variable the inventory lacks?) or is not a PostgreSQL URL"
             )
+        out.extend(env_problems(get, render_error))
         secret_keys = [k for k in (get("fastapi_app_env", {}) or {}) if re.match(SECRET_NAMES, k)]
         if secret_keys:
             out.append(

@@ -9,34 +9,54 @@ The action plugin fastapi_metal.stack.release_build calls build(); the same buil
 SRC is a project directory, a wheel file, or a PEP 508 requirement (``pkg==1.2``,
 ``pkg @ git+https://...``); each ``--server REQ`` (gunicorn, uvicorn-worker) is resolved
 with it, so an app that does not depend on the app server still gets one. The result is
-``DIR/NAME/<release>.tar.gz`` holding ``wheelhouse/*.whl`` and ``requirements.txt`` (every
-wheel pinned, with its sha256), so hosts install with ``pip install --no-index
---require-hashes`` and run byte-identical code.
+``DIR/NAME/<release>.tar.gz`` holding ``.release/wheelhouse/*.whl`` and
+``.release/requirements.txt`` (every wheel pinned, with its sha256), so hosts install with
+``pip install --no-index --require-hashes`` and run byte-identical code, and the files the
+project names (``--file alembic.ini --file migrations``) at their paths in the project.
+
+A project pinned by a lock file builds from its pins: ``uv.lock``, ``poetry.lock`` or a
+``requirements.txt`` in the project directory become constraints (with the ``--constraints``
+file, if any). The project's ``Requires-Python`` is checked against the builder's Python and
+the hosts' (``--host-python 3.11``), and the builder's against the hosts': wheels built by
+another Python or on another machine type may not install there.
 
 The release id defaults to ``<version>-<key>``, where the key hashes the app wheel's
-content, the constraints and the source: the same code gives the same id, so a second
-run finds the tarball and builds nothing. The result (and the command's one JSON line):
-release, package, version, tarball, wheels, key, changed. Only the standard library is used.
+content, the constraints, the pins, the files and the builder: the same code gives the same
+id, so a second run finds the tarball and builds nothing. The result (and the command's one
+JSON line): release, package, version, tarball, wheels, key, pins, python, changed.
 """
 
 from __future__ import annotations
 
 import argparse
+import email.parser
 import hashlib
 import json
 import os
+import platform
 import re
 import shutil
 import subprocess
 import sys
 import tarfile
 import tempfile
+import tomllib
 import zipfile
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import NoReturn
 
+from packaging.specifiers import InvalidSpecifier, SpecifierSet
+
 SAFE_RELEASE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 WHEEL_NAME = re.compile(r"^(?P<name>[^-]+)-(?P<version>[^-]+)(-\d[^-]*)?-[^-]+-[^-]+-[^-]+\.whl$")
+# What a release directory holds besides the project's files (and what they may not be named).
+RESERVED = ("venv", ".release", ".staged")
+# The layout of the tarball, part of the key: a tarball of another layout is never reused.
+LAYOUT = b"layout 2: .release/, project files"
+PIN = re.compile(
+    r"^\s*([A-Za-z0-9][A-Za-z0-9._-]*)\s*(\[[^\]]*\])?\s*===?\s*([^\s;\\]+)\s*(;[^\\#]*)?"
+)
 
 
 class BuildError(Exception):
@@ -47,9 +67,9 @@ def fail(msg: str) -> NoReturn:
     raise BuildError(msg)
 
 
-def pip(*args: str) -> None:
+def pip(*args: str, python: str = "") -> None:
     proc = subprocess.run(
-        [sys.executable, "-m", "pip", "--disable-pip-version-check", *args],
+        [python or sys.executable, "-m", "pip", "--disable-pip-version-check", *args],
         capture_output=True,
         text=True,
         check=False,
@@ -82,14 +102,147 @@ def file_sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def app_wheel(source: str, work: Path) -> tuple[Path | None, str]:
+def lock_pins(project: Path) -> tuple[str, list[str]]:
+    """The project's own pins as constraint lines, and the file they come from."""
+    uv, poetry, reqs = project / "uv.lock", project / "poetry.lock", project / "requirements.txt"
+    if uv.is_file() or poetry.is_file():
+        lock = uv if uv.is_file() else poetry
+        try:
+            packages = tomllib.loads(lock.read_text()).get("package", [])
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+            fail(f"{lock} cannot be read as TOML: {exc}")
+        versions: dict[str, set[str]] = {}
+        for entry in packages:
+            source = entry.get("source", {}) if isinstance(entry, dict) else {}
+            local = (
+                any(k in source for k in ("editable", "virtual", "directory", "path", "git", "url"))
+                or source.get("type") in ("directory", "file", "git", "url")
+            )  # fmt: skip
+            if isinstance(entry, dict) and "name" in entry and "version" in entry and not local:
+                versions.setdefault(canonical(entry["name"]), set()).add(str(entry["version"]))
+        # A package locked at two versions (for other platforms or Pythons) is left to pip.
+        return lock.name, [
+            f"{n}=={next(iter(v))}" for n, v in sorted(versions.items()) if len(v) == 1
+        ]
+    if reqs.is_file():
+        lines = []
+        for line in reqs.read_text().splitlines():
+            match = PIN.match(line)
+            if match:
+                marker = (match[4] or "").strip()
+                lines.append(
+                    f"{canonical(match[1])}=={match[3]}" + (f" {marker}" if marker else "")
+                )
+        return reqs.name, lines
+    return "", []
+
+
+def requires_python(wheel: Path) -> str:
+    """The wheel's Requires-Python ("" when it sets none)."""
+    with zipfile.ZipFile(wheel) as zf:
+        meta = next((n for n in zf.namelist() if n.endswith(".dist-info/METADATA")), None)
+        if meta is None:
+            return ""
+        headers = email.parser.Parser().parsestr(zf.read(meta).decode("utf-8", "replace"))
+    return str(headers.get("Requires-Python") or "").strip()
+
+
+PROBE = "import platform, sys; print('%d.%d %s' % (*sys.version_info[:2], platform.machine()))"
+
+
+def builder_python(python: str) -> tuple[str, str]:
+    """The builder's Python as major.minor, and its machine type."""
+    if not python or Path(python).resolve() == Path(sys.executable).resolve():
+        return f"{sys.version_info[0]}.{sys.version_info[1]}", platform.machine()
+    proc = subprocess.run(
+        [python, "-c", PROBE],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    if proc.returncode != 0:
+        fail(f"the build Python {python} does not run: {proc.stderr.strip()[-500:]}")
+    version, machine = proc.stdout.split()
+    return version, machine
+
+
+def check_pythons(
+    wants: str, builder: tuple[str, str], hosts_python: Iterable[str], hosts_machine: Iterable[str]
+) -> None:
+    """The project runs on the hosts' Python, and the builder builds for it."""
+    pythons, machines = sorted(set(hosts_python)), sorted(set(hosts_machine))
+    if len(pythons) > 1:
+        fail(
+            f"the app hosts run different Pythons ({', '.join(pythons)}): one release cannot serve "
+            "them all; give every app host the same fastapi_app_python version"
+        )
+    try:
+        spec = SpecifierSet(wants) if wants else None
+    except InvalidSpecifier:
+        fail(f"the project's requires-python {wants!r} is not a version specifier")
+    if spec is not None:
+        hosts = pythons[0] if pythons else ""
+        if hosts and not spec.contains(f"{hosts}.0", prereleases=True):
+            fail(
+                f"the project requires Python {wants} (requires-python) but the app hosts run "
+                f"Python {hosts}: install a matching Python there and point fastapi_app_python "
+                "at it (e.g. fastapi_app_python: /usr/bin/python3.12)"
+            )
+        if not spec.contains(f"{builder[0]}.0", prereleases=True):
+            fail(
+                f"the project requires Python {wants} (requires-python) but the controller builds "
+                f"with Python {builder[0]}: set fastapi_app_build_python to a matching Python "
+                "with pip on the controller"
+            )
+    if pythons and pythons[0] != builder[0]:
+        fail(
+            f"the controller builds with Python {builder[0]} but the app hosts run {pythons[0]}: "
+            "wheels built for one do not install on the other; set fastapi_app_build_python to a "
+            f"Python {pythons[0]} with pip on the controller (e.g. /usr/bin/python{pythons[0]})"
+        )
+    if machines and machines != [builder[1]]:
+        fail(
+            f"the controller builds on {builder[1]} but the app hosts are {', '.join(machines)}: "
+            "compiled wheels would not install there; build on a controller of the hosts' type"
+        )
+
+
+def project_files(project: Path | None, files: Sequence[str]) -> list[tuple[Path, str]]:
+    """The files the release carries: (path on the controller, path in the release)."""
+    if not files:
+        return []
+    if project is None:
+        fail(
+            "fastapi_app_files names files to ship, but fastapi_app_source is not a project "
+            "directory: only a project directory has files beside its package"
+        )
+    out: list[tuple[Path, str]] = []
+    for name in files:
+        rel = Path(name)
+        if rel.is_absolute() or ".." in rel.parts or not rel.parts:
+            fail(f"fastapi_app_files: {name!r} is not a path inside the project (e.g. alembic.ini)")
+        if rel.parts[0] in RESERVED:
+            fail(
+                f"fastapi_app_files: {name!r} is a name the release keeps for itself "
+                f"({', '.join(RESERVED)})"
+            )
+        path = project / rel
+        if not path.exists():
+            fail(f"fastapi_app_files: {name!r} does not exist in {project}")
+        items = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+        for item in items:
+            if "__pycache__" in item.parts or item.suffix == ".pyc":
+                continue
+            out.append((item, item.relative_to(project).as_posix()))
+    return out
+
+
+def app_wheel(source: str, work: Path, python: str = "") -> tuple[Path | None, str]:
     """Return (the app's wheel or None for a requirement, what pip should resolve)."""
     src = Path(source).expanduser()
     if src.is_dir():
         if not (src / "pyproject.toml").exists() and not (src / "setup.py").exists():
             fail(f"{src} is a directory without pyproject.toml or setup.py")
         out = work / "app"
-        pip("wheel", "--no-deps", "-q", "-w", str(out), str(src.resolve()))
+        pip("wheel", "--no-deps", "-q", "-w", str(out), str(src.resolve()), python=python)
         wheels = list(out.glob("*.whl"))
         if len(wheels) != 1:
             fail(f"building {src} gave {len(wheels)} wheels, expected one")
@@ -119,7 +272,11 @@ def build(
     cache_dir: str,
     constraints_file: str = "",
     release_id: str = "",
-    server: list[str] | tuple[str, ...] = (),
+    server: Sequence[str] = (),
+    files: Sequence[str] = (),
+    hosts_python: Sequence[str] = (),
+    hosts_machine: Sequence[str] = (),
+    python: str = "",
 ) -> dict[str, object]:
     """Build (or find in the cache) the release of ``source``; raises BuildError."""
     cache = Path(cache_dir).expanduser() / name
@@ -127,11 +284,20 @@ def build(
     constraints = Path(constraints_file).expanduser() if constraints_file else None
     if constraints and not constraints.is_file():
         fail(f"constraints file {constraints} does not exist")
+    builder = builder_python(python)
+    src = Path(source).expanduser()
+    project = src.resolve() if src.is_dir() else None
+    shipped = project_files(project, files)
+    pins_from, pins = lock_pins(project) if project else ("", [])
 
     with tempfile.TemporaryDirectory(prefix="fastapi-metal-build-") as tmp:
         work = Path(tmp)
-        wheel, target = app_wheel(source, work)
-        key = hashlib.sha256()
+        wheel, target = app_wheel(source, work, python)
+        if wheel is not None:
+            check_pythons(requires_python(wheel), builder, hosts_python, hosts_machine)
+        else:
+            check_pythons("", builder, hosts_python, hosts_machine)
+        key = hashlib.sha256(LAYOUT)
         if wheel is not None:
             package, version = wheel_meta(wheel)
             key.update(wheel_content_hash(wheel).encode())
@@ -140,8 +306,11 @@ def build(
             key.update(target.encode())
         if constraints:
             key.update(constraints.read_bytes())
+        key.update("\n".join(pins).encode())
+        for path, rel in shipped:
+            key.update(rel.encode() + b"\0" + path.read_bytes() + b"\0")
         key.update("\n".join(sorted(server)).encode())
-        key.update(f"{sys.version_info[:2]}".encode())
+        key.update(f"{builder}".encode())
         digest = key.hexdigest()
 
         index = cache / f"key-{digest}.json"
@@ -152,11 +321,20 @@ def build(
         if release_id:
             tarball = cache / f"{release_id}.tar.gz"
             if tarball.exists():
-                return {**json.loads((cache / f"{release_id}.json").read_text()), "changed": False}
+                known = json.loads((cache / f"{release_id}.json").read_text())
+                if known.get("key") != digest:
+                    fail(
+                        f"release {release_id} was built from other code, pins or files; an "
+                        "explicit fastapi_app_release names one build: choose a new id"
+                    )
+                return {**known, "changed": False}
 
         house = work / "wheelhouse"
         extra = ["-c", str(constraints)] if constraints else []
-        pip("wheel", "-q", "-w", str(house), *extra, target, *server)
+        if pins:
+            (work / "pins.txt").write_text("\n".join(pins) + "\n")
+            extra += ["-c", str(work / "pins.txt")]
+        pip("wheel", "-q", "-w", str(house), *extra, target, *server, python=python)
         wheels = sorted(house.glob("*.whl"))
         top = [w for w in wheels if wheel_meta(w)[0] == package]
         if len(top) != 1:
@@ -177,14 +355,19 @@ def build(
             "tarball": str(cache / f"{release}.tar.gz"),
             "wheels": len(wheels),
             "key": digest,
+            "pins": pins_from,
+            "files": len(shipped),
+            "python": builder[0],
         }
         (work / "release.json").write_text(json.dumps(meta, indent=2) + "\n")
         partial = cache / f".{release}.tar.gz.partial"
         with tarfile.open(partial, "w:gz") as tar:
             for item in ("requirements.txt", "release.json"):
-                tar.add(work / item, arcname=item)
+                tar.add(work / item, arcname=f".release/{item}")
             for w in wheels:
-                tar.add(w, arcname=f"wheelhouse/{w.name}")
+                tar.add(w, arcname=f".release/wheelhouse/{w.name}")
+            for path, rel in shipped:
+                tar.add(path, arcname=rel)
         os.replace(partial, cache / f"{release}.tar.gz")
         (cache / f"{release}.json").write_text(json.dumps(meta) + "\n")
         index.write_text(json.dumps(meta) + "\n")
@@ -204,11 +387,16 @@ def main() -> int:
         default=[],
         help="requirement added to the app's (the app server: gunicorn, uvicorn-worker)",
     )
+    parser.add_argument("--file", action="append", default=[], help="a project file to ship")
+    parser.add_argument("--host-python", action="append", default=[], help="the hosts' X.Y")
+    parser.add_argument("--host-machine", action="append", default=[], help="the hosts' uname -m")
+    parser.add_argument("--python", default="", help="the Python that builds (default: this one)")
     args = parser.parse_args()
     try:
         result = build(
-            args.name, args.source, args.cache, args.constraints, args.release, args.server
-        )
+            args.name, args.source, args.cache, args.constraints, args.release, args.server,
+            args.file, args.host_python, args.host_machine, args.python,
+        )  # fmt: skip
     except BuildError as exc:
         print(json.dumps({"failed": True, "msg": str(exc)}))
         return 1

@@ -8,6 +8,8 @@ import http.server
 import json
 import os
 import socket
+import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, ClassVar
@@ -109,3 +111,71 @@ def test_no_listener_is_named_as_refused(tmp_path: Path) -> None:
     assert result["rc"] == 1
     assert result["last"].startswith("ConnectionRefusedError"), result
     assert result["journal"][0].startswith("(journalctl:"), "no journalctl: said, not hidden"
+
+
+@pytest.mark.parametrize(
+    ("status", "passes"), [(204, True), (299, True), (301, False), (500, False)]
+)
+def test_any_2xx_is_healthy_and_nothing_else(health_url: str, status: int, passes: bool) -> None:
+    _Health.status = status
+    result = gate(health_url, 0.5)
+    assert (result["rc"] == 0) is passes, result
+
+
+def test_the_master_must_run_in_the_release_directory(health_url: str, tmp_path: Path) -> None:
+    """The gate that needs no release key: the unit's main process runs in the release. The
+    systemctl stand-in names a real process whose working directory the test chose."""
+    release, other = tmp_path / "releases" / "2.0", tmp_path / "releases" / "1.0"
+    release.mkdir(parents=True)
+    other.mkdir()
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    master = subprocess.Popen(["sleep", "60"], cwd=release)
+    try:
+        (bin_dir / "systemctl").write_text(f"#!/bin/sh\necho MainPID={master.pid}\n")
+        (bin_dir / "systemctl").chmod(0o755)
+        path = f"{bin_dir}:/usr/bin:/bin"
+        args = {"url": health_url, "timeout": 0.5, "unit": "shop.service"}
+        ok = run_module("app_health", {**args, "cwd": str(release)}, env={"PATH": path})
+        assert ok["rc"] == 0 and ok["tries"] == 1, ok
+        stale = run_module("app_health", {**args, "cwd": str(other)}, env={"PATH": path})
+        assert stale["rc"] == 1, stale
+        assert f"the main process of shop.service runs in {release}" in stale["last"]
+        assert f"from a master started in {other}" in stale["msg"]
+    finally:
+        master.kill()
+        master.wait()
+
+
+def test_without_ptrace_rights_the_master_must_postdate_the_switch(
+    health_url: str, tmp_path: Path
+) -> None:
+    """Where /proc/PID/cwd cannot be read (no such PID here), the proof is the master's start
+    after the links on the way to WorkingDirectory changed, and where that path leads."""
+    releases = tmp_path / "releases"
+    (releases / "2.0").mkdir(parents=True)
+    (releases / "1.0").mkdir()
+    current = tmp_path / "current"
+    current.symlink_to(releases / "2.0")
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    path = f"{bin_dir}:/usr/bin:/bin"
+    args = {"url": health_url, "timeout": 0.5, "unit": "shop.service"}
+
+    def systemctl(started: float) -> None:
+        mono = int((started - (time.time() - time.monotonic())) * 1e6)
+        (bin_dir / "systemctl").write_text(
+            "#!/bin/sh\necho MainPID=999999999\n"
+            f"echo ExecMainStartTimestampMonotonic={mono}\necho WorkingDirectory={current}\n"
+        )
+        (bin_dir / "systemctl").chmod(0o755)
+
+    switched = os.lstat(current).st_mtime
+    systemctl(started=switched + 1)
+    ok = run_module("app_health", {**args, "cwd": str(releases / "2.0")}, env={"PATH": path})
+    assert ok["rc"] == 0, ok
+    wrong = run_module("app_health", {**args, "cwd": str(releases / "1.0")}, env={"PATH": path})
+    assert wrong["rc"] == 1 and f"runs in {releases / '2.0'}" in wrong["last"], wrong
+    systemctl(started=switched - 1)
+    stale = run_module("app_health", {**args, "cwd": str(releases / "2.0")}, env={"PATH": path})
+    assert stale["rc"] == 1 and "as it was before its link changed" in stale["last"], stale

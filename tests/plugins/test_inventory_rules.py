@@ -178,6 +178,15 @@ BAD_RULES: list[tuple[str, dict[str, Any], str]] = [
      "fastapi_app_constraints: expected a file on the controller"),
     ("ca-bundle", {"certbot_ca_bundle": "/nonexistent/ca.pem"},
      "certbot_ca_bundle: expected a file on the controller"),
+    ("env-key", {"fastapi_app_env": {"LOG LEVEL": "info"}},
+     "fastapi_app_env: expected names of letters, digits and _ and one-line values (e.g. "
+     "{LOG_LEVEL: INFO}); the key 'LOG LEVEL' is not an environment variable name"),
+    ("env-newline", {"fastapi_app_env": {"BANNER": "one\ntwo"}},
+     "the value of BANNER holds a newline, which an environment file cannot carry"),
+    ("env-nested", {"fastapi_app_env": {"HOSTS": ["a", "b"]}},
+     "the value of HOSTS is a list, expected a string or a number"),
+    ("database-env-key", {"fastapi_app_database_env": {"1DB": "url"}},
+     "fastapi_app_database_env: expected names"),
 ]  # fmt: skip
 
 
@@ -202,6 +211,16 @@ def test_a_secret_is_tested_never_quoted() -> None:
     databases = [{"name": "notes", "owner": "Notes!", "password": "Wb3kQ7rT9xLm"}]
     problems = Vars({**GOOD_RULES, "postgresql_databases": databases}).problems(ALL)
     assert problems and all("Wb3kQ7rT9xLm" not in p for p in problems)
+
+
+def test_a_secret_value_that_breaks_the_env_file_is_named_not_quoted() -> None:
+    secret = {"DATABASE_URL": "postgresql://u:pw@h/d", "API_TOKEN": "Wb3kQ7rT9xLm\r"}
+    problems = Vars({**GOOD_RULES, "fastapi_app_secret_env": secret}).problems(ALL)
+    assert problems == [
+        "fastapi_app_secret_env: expected names of letters, digits and _ and one-line values "
+        "(e.g. {LOG_LEVEL: INFO}); the value of API_TOKEN holds a carriage return, which an "
+        "environment file cannot carry"
+    ]
 
 
 def test_a_secret_env_that_cannot_be_rendered_is_named() -> None:

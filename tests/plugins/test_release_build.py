@@ -48,8 +48,12 @@ def test_a_release_holds_every_wheel_pinned_with_its_hash(tmp_path: Path) -> Non
     assert first["release"].startswith("1.0-") and first["wheels"] == 1
     with tarfile.open(first["tarball"]) as tar:
         names = sorted(tar.getnames())
-        reqs = tar.extractfile("requirements.txt").read().decode()  # type: ignore[union-attr]
-    assert names == ["release.json", "requirements.txt", "wheelhouse/tinyapp-1.0-py3-none-any.whl"]
+        reqs = tar.extractfile(".release/requirements.txt").read().decode()  # type: ignore[union-attr]
+    assert names == [
+        ".release/release.json",
+        ".release/requirements.txt",
+        ".release/wheelhouse/tinyapp-1.0-py3-none-any.whl",
+    ]
     sha = hashlib.sha256(wheel.read_bytes()).hexdigest()
     assert reqs == f"tinyapp==1.0 --hash=sha256:{sha}\n"
     again = build.build("tiny", str(wheel), str(tmp_path / "cache"))
@@ -96,3 +100,105 @@ def test_the_action_plugin_runs_the_build_on_the_controller(tmp_path: Path) -> N
     rc, out = adhoc(json.dumps({"name": "tiny", "source": str(wheel), "cache": str(tmp_path),
                                 "release": "a/b"}))  # fmt: skip
     assert rc != 0 and "cannot be built: release id 'a/b' is not a safe path segment" in out, out
+
+
+def test_a_lock_file_becomes_the_builds_constraints(tmp_path: Path) -> None:
+    """uv.lock, poetry.lock and requirements.txt pins; the project itself, local sources and a
+    package locked at two versions (markers) are left out."""
+    uv = tmp_path / "uv"
+    uv.mkdir()
+    (uv / "uv.lock").write_text(
+        "version = 1\n"
+        '[[package]]\nname = "anyio"\nversion = "4.4.0"\nsource = { registry = "https://x" }\n'
+        '[[package]]\nname = "My_App"\nversion = "0.1.0"\nsource = { editable = "." }\n'
+        '[[package]]\nname = "numpy"\nversion = "1.26.4"\nsource = { registry = "https://x" }\n'
+        '[[package]]\nname = "numpy"\nversion = "2.1.0"\nsource = { registry = "https://x" }\n'
+    )
+    (uv / "requirements.txt").write_text("ignored==1.0\n")
+    assert build.lock_pins(uv) == ("uv.lock", ["anyio==4.4.0"])
+    poetry = tmp_path / "poetry"
+    poetry.mkdir()
+    (poetry / "poetry.lock").write_text(
+        '[[package]]\nname = "SQLAlchemy"\nversion = "2.0.36"\n'
+        '[[package]]\nname = "lib"\nversion = "0.1"\n'
+        '[package.source]\ntype = "directory"\nurl = "../lib"\n'
+    )
+    assert build.lock_pins(poetry) == ("poetry.lock", ["sqlalchemy==2.0.36"])
+    reqs = tmp_path / "reqs"
+    reqs.mkdir()
+    (reqs / "requirements.txt").write_text(
+        "# pinned\n-r base.txt\nfastapi==0.115.0 \\\n    --hash=sha256:abc\n"
+        "uvicorn[standard]==0.30.6\nrequests>=2\ntomli==2.0.1 ; python_version < '3.11'\n"
+    )
+    assert build.lock_pins(reqs) == (
+        "requirements.txt",
+        ["fastapi==0.115.0", "uvicorn==0.30.6", "tomli==2.0.1 ; python_version < '3.11'"],
+    )
+    assert build.lock_pins(tmp_path) == ("", [])
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "uv.lock").write_text("[[package]\n")
+    with pytest.raises(build.BuildError, match=r"uv\.lock cannot be read as TOML"):
+        build.lock_pins(tmp_path / "bad")
+
+
+X86 = ("3.11", "x86_64")
+
+
+@pytest.mark.parametrize(
+    ("wants", "hosts", "machines", "builder", "error"),
+    [
+        (">=3.11", ["3.11", "3.11"], ["x86_64"], X86, None),
+        ("", [], [], X86, None),
+        ("~=3.10", ["3.11"], [], X86, None),
+        (">=3.12", ["3.11"], [], ("3.12", "x86_64"),
+         "requires Python >=3.12 .* app hosts run Python 3.11.*fastapi_app_python"),
+        (">=3.11", ["3.11"], [], ("3.10", "x86_64"),
+         "controller builds with Python 3.10.*fastapi_app_build_python"),
+        ("", ["3.12"], [], X86, "Python 3.11 but the app hosts run 3.12.*fastapi_app_build_python"),
+        ("", ["3.11", "3.12"], [], X86, r"different Pythons \(3\.11, 3\.12\)"),
+        ("", ["3.11"], ["aarch64"], X86, "builds on x86_64 but the app hosts are aarch64"),
+        ("3.11", ["3.11"], [], X86, "not a version specifier"),
+    ],
+)  # fmt: skip
+def test_pythons_are_checked_before_anything_is_built(
+    wants: str, hosts: list[str], machines: list[str], builder: tuple[str, str], error: str | None
+) -> None:
+    if error is None:
+        build.check_pythons(wants, builder, hosts, machines)
+    else:
+        with pytest.raises(build.BuildError, match=error):
+            build.check_pythons(wants, builder, hosts, machines)
+
+
+def test_a_release_carries_the_files_the_project_names(tmp_path: Path) -> None:
+    project = tmp_path / "proj"
+    (project / "app" / "alembic" / "versions" / "__pycache__").mkdir(parents=True)
+    (project / "alembic.ini").write_text("[alembic]\nscript_location = app/alembic\n")
+    (project / "app" / "alembic" / "env.py").write_text("# env\n")
+    (project / "app" / "alembic" / "versions" / "0001_first.py").write_text("# first\n")
+    (project / "app" / "alembic" / "versions" / "__pycache__" / "x.pyc").write_bytes(b"\0")
+    shipped = build.project_files(project, ["alembic.ini", "app/alembic"])
+    assert [rel for _path, rel in shipped] == [
+        "alembic.ini", "app/alembic/env.py", "app/alembic/versions/0001_first.py",
+    ]  # fmt: skip
+    for bad, error in [
+        ("../etc", "not a path inside the project"),
+        ("/etc/passwd", "not a path inside the project"),
+        ("venv", "a name the release keeps for itself"),
+        ("missing.ini", "does not exist in"),
+    ]:
+        with pytest.raises(build.BuildError, match=error):
+            build.project_files(project, [bad])
+    with pytest.raises(build.BuildError, match="fastapi_app_source is not a project directory"):
+        build.project_files(None, ["alembic.ini"])
+
+
+def test_an_explicit_release_id_names_one_build(tmp_path: Path) -> None:
+    (tmp_path / "a").mkdir()
+    build.build("tiny", str(tiny_wheel(tmp_path / "a")), str(tmp_path / "c"), release_id="v7")
+    (tmp_path / "b").mkdir()
+    with pytest.raises(build.BuildError, match="release v7 was built from other code"):
+        build.build(
+            "tiny", str(tiny_wheel(tmp_path / "b", body="X = 2\n")), str(tmp_path / "c"),
+            release_id="v7",
+        )  # fmt: skip
