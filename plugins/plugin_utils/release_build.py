@@ -137,6 +137,17 @@ def lock_pins(project: Path) -> tuple[str, list[str]]:
     return "", []
 
 
+def project_requires_python(project: Path) -> str:
+    """A project directory's requires-python, from pyproject.toml ("" when it sets none)."""
+    meta = project / "pyproject.toml"
+    if not meta.is_file():
+        return ""
+    try:
+        return str(tomllib.loads(meta.read_text()).get("project", {}).get("requires-python", ""))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        fail(f"{meta} cannot be read as TOML: {exc}")
+
+
 def requires_python(wheel: Path) -> str:
     """The wheel's Requires-Python ("" when it sets none)."""
     with zipfile.ZipFile(wheel) as zf:
@@ -290,13 +301,17 @@ def build(
     shipped = project_files(project, files)
     pins_from, pins = lock_pins(project) if project else ("", [])
 
+    # Before pip: it would refuse the project with words of its own, naming no variable.
+    if project is not None:
+        check_pythons(project_requires_python(project), builder, hosts_python, hosts_machine)
+    elif src.suffix == ".whl" and src.is_file():
+        check_pythons(requires_python(src), builder, hosts_python, hosts_machine)
+    else:
+        check_pythons("", builder, hosts_python, hosts_machine)
+
     with tempfile.TemporaryDirectory(prefix="fastapi-metal-build-") as tmp:
         work = Path(tmp)
         wheel, target = app_wheel(source, work, python)
-        if wheel is not None:
-            check_pythons(requires_python(wheel), builder, hosts_python, hosts_machine)
-        else:
-            check_pythons("", builder, hosts_python, hosts_machine)
         key = hashlib.sha256(LAYOUT)
         if wheel is not None:
             package, version = wheel_meta(wheel)

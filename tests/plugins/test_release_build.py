@@ -202,3 +202,14 @@ def test_an_explicit_release_id_names_one_build(tmp_path: Path) -> None:
             "tiny", str(tiny_wheel(tmp_path / "b", body="X = 2\n")), str(tmp_path / "c"),
             release_id="v7",
         )  # fmt: skip
+
+
+def test_a_project_the_hosts_cannot_run_is_refused_before_pip_runs(tmp_path: Path) -> None:
+    """pip would refuse it too, in words that name no variable: the check comes first."""
+    project = tmp_path / "proj"
+    project.mkdir()
+    (project / "pyproject.toml").write_text(
+        '[project]\nname = "p"\nversion = "1"\nrequires-python = ">=3.12"\n'
+    )
+    with pytest.raises(build.BuildError, match=r"requires Python >=3\.12 .*fastapi_app_python"):
+        build.build("p", str(project), str(tmp_path / "c"), hosts_python=["3.11"])

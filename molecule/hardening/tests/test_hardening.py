@@ -95,8 +95,9 @@ def test_the_sandbox_is_in_effect_and_writable_only_where_the_app_keeps_state(ho
     ("path", "writable"),
     [
         (f"/opt/{NAME}/current/", False),
+        (f"/opt/{NAME}/current/release/", False),
         (f"/opt/{NAME}/releases/", False),
-        (f"/etc/{NAME}/", False),
+        (f"/opt/{NAME}/deploys/", False),
         ("/etc/", False),
         ("/usr/local/", False),
         ("/var/log/", False),
@@ -121,15 +122,16 @@ def test_even_root_in_the_services_mount_namespace_writes_only_state_and_runtime
 
 def test_the_app_user_owns_none_of_its_code_or_configuration(host):
     found = host.run(
-        f"runuser -u {NAME} -- find /opt/{NAME} /opt/{NAME}/current/ /etc/{NAME} -writable"
+        f"runuser -u {NAME} -- find /opt/{NAME} /opt/{NAME}/current/ /opt/{NAME}/current/release/ "
+        "-writable"
     ).stdout.split()
     assert found == []
 
 
 def test_the_env_file_is_0640_root_and_the_app_group(host):
-    env = host.file(f"/etc/{NAME}/env")
+    env = host.file(f"/opt/{NAME}/current/env")
     assert (env.mode, env.user, env.group) == (0o640, "root", NAME)
-    denied = host.run(f"runuser -u nobody -- cat /etc/{NAME}/env")
+    denied = host.run(f"runuser -u nobody -- cat /opt/{NAME}/current/env")
     assert denied.rc != 0 and "Permission denied" in denied.stderr
 
 
@@ -165,8 +167,9 @@ def test_a_real_v_diff_converge_with_a_new_secret_shows_no_secret(host, tmp_path
     # Booleans, so that a failure does not print a secret into the test log.
     leaked = [t in output for t in (NEW_TOKEN, FIRST_TOKEN)]
     assert leaked == [False, False], "a secret is in the output of the -v --diff converge"
-    # The change did happen: the file holds the new secret, and the service was restarted on it.
-    env = host.file(f"/etc/{NAME}/env").content_string
+    # The change did happen: the live release's env holds the new secret, and the service was
+    # restarted on it.
+    env = host.file(f"/opt/{NAME}/current/env").content_string
     assert (NEW_TOKEN in env, FIRST_TOKEN in env) == (True, False)
     assert host.check_output(f"systemctl show -p ExecMainStartTimestamp --value {NAME}") != started
     # No secret in the journal, where the scan does find a marker logged just now (an empty

@@ -21,9 +21,9 @@ from tests.security.preflight_cases import (
 
 # What a run that got past preflight would change first, per host (podman exec, not ssh).
 STATE = {
-    "app1": "/opt/notes/releases /opt/notes/releases/* /opt/notes/current /opt/notes/previous "
-    "/etc/notes/env /etc/notes/gunicorn.conf.py /etc/systemd/system/notes.service "
-    "/etc/systemd/system/notes.socket /etc/nftables.conf",
+    "app1": "/opt/notes/releases /opt/notes/releases/* /opt/notes/deploys /opt/notes/deploys/* "
+    "/opt/notes/deploys/*/* /opt/notes/current /opt/notes/previous "
+    "/etc/systemd/system/notes.service /etc/systemd/system/notes.socket /etc/nftables.conf",
     "lb1": "/etc/nginx/nginx.conf /etc/nftables.conf /etc/letsencrypt/live",
     "db1": "/etc/postgresql/15/main/pg_hba.conf /etc/postgresql/15/main/conf.d/* "
     "/etc/nftables.conf",

@@ -21,7 +21,7 @@ def test_every_app_host_is_healthy_with_the_same_release() -> None:
         out = lab_exec("lb1", f"curl -s -m 3 http://{ip}:8000/health")
         body = json.loads(out.stdout)
         assert body["status"] == "healthy", (name, body)
-        current = lab_exec(name, "readlink /opt/notes/current").stdout.strip()
+        current = lab_exec(name, "readlink -f /opt/notes/current/release").stdout.strip()
         assert body["release"] == current.rsplit("/", 1)[1]
         releases.add(body["release"])
     assert len(releases) == 1, releases

@@ -53,7 +53,7 @@ SESSION = f"{time.time():.0f}-{id(MEASURED)}"
 
 
 def current_release(host: str) -> str:
-    return lab_exec(host, "readlink /opt/notes/current").stdout.strip().rsplit("/", 1)[1]
+    return lab_exec(host, "readlink -f /opt/notes/current/release").stdout.strip().rsplit("/")[-1]
 
 
 def main_pid_since(host: str) -> str:
@@ -205,7 +205,8 @@ def test_a_rolling_upgrade_a_to_b_under_load_drops_nothing(
         assert current_release(host) == b
         kept = lab_exec(host, "ls /opt/notes/releases").stdout.split()
         assert state["A"] in kept and b in kept
-        assert lab_exec(host, "readlink /opt/notes/previous").stdout.strip().endswith(state["A"])
+        previous = lab_exec(host, "readlink -f /opt/notes/previous/release").stdout.strip()
+        assert previous.endswith(f"/releases/{state['A']}"), previous
 
 
 def test_b_broken_release_stops_at_the_first_host_which_goes_back(

@@ -66,7 +66,8 @@ def test_a_changed_secret_previewed_with_v_diff_shows_no_secret(tmp_path: Path) 
     # carries the secret (the env file, the PostgreSQL role) has a change to show, and must
     # show neither the new value nor the old one. The live release is named so that the run
     # finds it staged, whatever the rolling tests left live.
-    live = lab_exec("app1", f"readlink /opt/{APP}/current").stdout.strip().rsplit("/", 1)[1]
+    live = lab_exec("app1", f"readlink -f /opt/{APP}/current/release").stdout.strip()
+    live = live.rsplit("/", 1)[-1]
     defaults = yaml.safe_load((ROOT / "roles/fastapi_app/defaults/main.yml").read_text())
     cache = Path(defaults["fastapi_app_build_cache"]).expanduser() / APP / f"{live}.tar.gz"
     assert cache.exists(), f"the live release {live} is not in the build cache {cache}"
@@ -183,13 +184,12 @@ def test_no_secret_in_the_controllers_deploy_log() -> None:
 
 @pytest.mark.parametrize("host", list(APP_HOSTS))
 def test_the_env_file_is_0640_root_and_the_app_group_only(host: str) -> None:
-    stat = lab_exec(host, f"stat -c '%a %U %G' /etc/{APP}/env /etc/{APP}").stdout.split("\n")
+    env = f"/opt/{APP}/current/env"
+    stat = lab_exec(host, f"stat -L -c '%a %U %G' {env} /opt/{APP}/current").stdout.split("\n")
     assert stat[0] == f"640 root {APP}"
     assert stat[1] == f"750 root {APP}"
-    assert (
-        lab_exec(host, f"runuser -u {APP} -- grep -c ^DATABASE_URL= /etc/{APP}/env").stdout == "1\n"
-    )
-    denied = lab_exec(host, f"runuser -u nobody -- cat /etc/{APP}/env", check=False)
+    assert lab_exec(host, f"runuser -u {APP} -- grep -c ^DATABASE_URL= {env}").stdout == "1\n"
+    denied = lab_exec(host, f"runuser -u nobody -- cat {env}", check=False)
     assert denied.returncode != 0 and "Permission denied" in denied.stderr
 
 
@@ -209,11 +209,11 @@ def test_the_service_runs_as_the_app_user_with_exposure_at_most_2(host: str) -> 
 
 @pytest.mark.parametrize("host", list(APP_HOSTS))
 def test_the_app_user_can_write_nothing_of_its_code_or_configuration(host: str) -> None:
-    # Ownership, whatever the sandbox: every file of the releases and of /etc/<app> is
-    # root's; the app user may write its state and runtime directories only.
+    # Ownership, whatever the sandbox: every file of the releases and of their configuration
+    # is root's; the app user may write its state and runtime directories only.
     writable = lab_exec(
         host,
-        f"runuser -u {APP} -- find /opt/{APP} /opt/{APP}/current/ /etc/{APP} "
+        f"runuser -u {APP} -- find /opt/{APP} /opt/{APP}/current/ /opt/{APP}/current/release/ "
         f"/etc/systemd/system/{APP}.service /etc/systemd/system/{APP}.socket -writable",
         check=False,
     ).stdout.split()
@@ -375,7 +375,7 @@ def test_the_app_role_cannot_reach_another_database() -> None:
     # From an app host, with the app's own credentials (read from its env file, so that no
     # password is on a command line): its database answers, the postgres database is refused.
     script = (
-        "set -a; . /etc/notes/env; set +a; /opt/notes/current/venv/bin/python -c "
+        "set -a; . /opt/notes/current/env; set +a; /opt/notes/current/release/venv/bin/python -c "
         '"import os, psycopg\n'
         "for db in ('notes', 'postgres'):\n"
         "    try:\n"

@@ -2,6 +2,7 @@
 
 import json
 import os
+from importlib.metadata import version
 
 
 async def app(scope, receive, send):
@@ -24,6 +25,7 @@ async def app(scope, receive, send):
                 "hello": os.environ.get("TINYAPP_GREETING", "world"),
                 "client": scope["client"][0] if scope.get("client") else None,
                 "scheme": scope.get("scheme"),
+                "anyio": version("anyio"),
             },
         )
     payload = json.dumps(body).encode()
