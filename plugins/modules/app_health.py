@@ -12,7 +12,7 @@ description:
   - Polls the URL every 0.2 s from the app host itself (an Ansible C(until) loop costs one
     round trip per try and waits whole seconds) until it answers with a 2xx status and, when
     O(release_key) is set, the JSON body's O(release_key) equals O(release).
-  - With O(cwd) and O(unit), the proof that the release answers needs nothing from the app:
+  - With O(cwd) and O(unit), the proof that the release answers needs nothing from the app;
     the unit's main process (the Gunicorn master whose workers answer) must run in O(cwd),
     the release's directory, which a master only gets by being started on that release.
     Where C(/proc/PID/cwd) cannot be read (no ptrace rights, as in a container), the master

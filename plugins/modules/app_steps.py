@@ -14,11 +14,11 @@ description:
     environment file, so a step sees exactly the bytes the service sees (no shell ever parses
     the file, and no root shell ever runs the command).
   - Each command is written to a script file next to the environment file first (readable by
-    the app's group, never by others): systemd would expand C($) in a command line, a file
-    goes through untouched.
+    the app's group, never by others), since systemd would expand C($) in a command line; a
+    file goes through untouched.
   - Stops at the first command that fails, naming the step, the command, its exit status and
     the end of its output; later steps do not run.
-  - A command reports a change unless the last JSON line it prints holds C("changed": false)
+  - A command reports a change unless the last JSON line it prints holds C(changed) false
     (what the reference app's migration prints); the last JSON object each step printed is
     returned in RV(reports).
 options:
@@ -59,7 +59,7 @@ options:
     required: true
   environment:
     description:
-      - Variables set before the environment file is read (C(Environment=)): the file wins, as
+      - Variables set before the environment file is read (C(Environment=)); the file wins, as
         it does in the service.
     type: dict
     default: {}

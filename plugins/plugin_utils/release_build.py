@@ -46,8 +46,6 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import NoReturn
 
-from packaging.specifiers import InvalidSpecifier, SpecifierSet
-
 SAFE_RELEASE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 WHEEL_NAME = re.compile(r"^(?P<name>[^-]+)-(?P<version>[^-]+)(-\d[^-]*)?-[^-]+-[^-]+-[^-]+\.whl$")
 # What a release directory holds besides the project's files (and what they may not be named).
@@ -158,13 +156,45 @@ def requires_python(wheel: Path) -> str:
     return str(headers.get("Requires-Python") or "").strip()
 
 
-PROBE = "import platform, sys; print('%d.%d %s' % (*sys.version_info[:2], platform.machine()))"
+PROBE = "import platform, sys; print('%d.%d.%d %s' % (*sys.version_info[:3], platform.machine()))"
+CLAUSE = re.compile(r"^\s*(~=|===|==|!=|<=|>=|<|>)\s*([0-9]+(?:\.[0-9]+)*)(\.\*)?\s*$")
+
+
+def numbers(text: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in text.split("."))
+
+
+def python_satisfies(version: str, spec: str) -> bool:
+    """Whether Python ``version`` (X.Y.Z) meets a requires-python ``spec`` (PEP 440 clauses on
+    release numbers: what requires-python uses); ValueError on a clause it cannot read."""
+    have = numbers(version)
+    for clause in filter(str.strip, spec.split(",")):
+        match = CLAUSE.match(clause)
+        if not match:
+            raise ValueError(clause)
+        op, want, star = match[1], numbers(match[2]), bool(match[3])
+        if star and op not in ("==", "!="):
+            raise ValueError(clause)
+        width = max(len(have), len(want))
+        a, b = have + (0,) * (width - len(have)), want + (0,) * (width - len(want))
+        if star:
+            ok = (have[: len(want)] == want) == (op == "==")
+        elif op == "~=":
+            if len(want) < 2:
+                raise ValueError(clause)
+            ok = a >= b and have[: len(want) - 1] == want[:-1]
+        else:
+            ok = {"==": a == b, "===": a == b, "!=": a != b, "<=": a <= b, ">=": a >= b,
+                  "<": a < b, ">": a > b}[op]  # fmt: skip
+        if not ok:
+            return False
+    return True
 
 
 def builder_python(python: str) -> tuple[str, str]:
-    """The builder's Python as major.minor, and its machine type."""
+    """The builder's Python as X.Y.Z, and its machine type."""
     if not python or Path(python).resolve() == Path(sys.executable).resolve():
-        return f"{sys.version_info[0]}.{sys.version_info[1]}", platform.machine()
+        return ".".join(map(str, sys.version_info[:3])), platform.machine()
     proc = subprocess.run(
         [python, "-c", PROBE],
         capture_output=True, text=True, check=False,
@@ -178,36 +208,40 @@ def builder_python(python: str) -> tuple[str, str]:
 def check_pythons(
     wants: str, builder: tuple[str, str], hosts_python: Iterable[str], hosts_machine: Iterable[str]
 ) -> None:
-    """The project runs on the hosts' Python, and the builder builds for it."""
+    """The project runs on the hosts' Python, and the builder builds for it (versions X.Y.Z;
+    wheels are made for X.Y)."""
     pythons, machines = sorted(set(hosts_python)), sorted(set(hosts_machine))
-    if len(pythons) > 1:
+    minors = sorted({".".join(v.split(".")[:2]) for v in pythons})
+    built = ".".join(builder[0].split(".")[:2])
+    if len(minors) > 1:
         fail(
-            f"the app hosts run different Pythons ({', '.join(pythons)}): one release cannot serve "
+            f"the app hosts run different Pythons ({', '.join(minors)}): one release cannot serve "
             "them all; give every app host the same fastapi_app_python version"
         )
-    try:
-        spec = SpecifierSet(wants) if wants else None
-    except InvalidSpecifier:
-        fail(f"the project's requires-python {wants!r} is not a version specifier")
-    if spec is not None:
-        hosts = pythons[0] if pythons else ""
-        if hosts and not spec.contains(f"{hosts}.0", prereleases=True):
+    for who, version in [("app hosts run", v) for v in pythons] + [
+        ("controller builds with", builder[0])
+    ]:
+        try:
+            ok = not wants or python_satisfies(version, wants)
+        except ValueError:
+            fail(f"the project's requires-python {wants!r} is not a version specifier")
+        if not ok and who.startswith("app"):
             fail(
                 f"the project requires Python {wants} (requires-python) but the app hosts run "
-                f"Python {hosts}: install a matching Python there and point fastapi_app_python "
+                f"Python {version}: install a matching Python there and point fastapi_app_python "
                 "at it (e.g. fastapi_app_python: /usr/bin/python3.12)"
             )
-        if not spec.contains(f"{builder[0]}.0", prereleases=True):
+        if not ok:
             fail(
                 f"the project requires Python {wants} (requires-python) but the controller builds "
-                f"with Python {builder[0]}: set fastapi_app_build_python to a matching Python "
+                f"with Python {version}: set fastapi_app_build_python to a matching Python "
                 "with pip on the controller"
             )
-    if pythons and pythons[0] != builder[0]:
+    if minors and minors[0] != built:
         fail(
-            f"the controller builds with Python {builder[0]} but the app hosts run {pythons[0]}: "
+            f"the controller builds with Python {built} but the app hosts run {minors[0]}: "
             "wheels built for one do not install on the other; set fastapi_app_build_python to a "
-            f"Python {pythons[0]} with pip on the controller (e.g. /usr/bin/python{pythons[0]})"
+            f"Python {minors[0]} with pip on the controller (e.g. /usr/bin/python{minors[0]})"
         )
     if machines and machines != [builder[1]]:
         fail(

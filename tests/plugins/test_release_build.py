@@ -141,23 +141,29 @@ def test_a_lock_file_becomes_the_builds_constraints(tmp_path: Path) -> None:
         build.lock_pins(tmp_path / "bad")
 
 
-X86 = ("3.11", "x86_64")
+X86 = ("3.11.2", "x86_64")
 
 
 @pytest.mark.parametrize(
     ("wants", "hosts", "machines", "builder", "error"),
     [
-        (">=3.11", ["3.11", "3.11"], ["x86_64"], X86, None),
+        (">=3.11", ["3.11.2", "3.11.2"], ["x86_64"], X86, None),
         ("", [], [], X86, None),
-        ("~=3.10", ["3.11"], [], X86, None),
-        (">=3.12", ["3.11"], [], ("3.12", "x86_64"),
-         "requires Python >=3.12 .* app hosts run Python 3.11.*fastapi_app_python"),
-        (">=3.11", ["3.11"], [], ("3.10", "x86_64"),
-         "controller builds with Python 3.10.*fastapi_app_build_python"),
-        ("", ["3.12"], [], X86, "Python 3.11 but the app hosts run 3.12.*fastapi_app_build_python"),
-        ("", ["3.11", "3.12"], [], X86, r"different Pythons \(3\.11, 3\.12\)"),
-        ("", ["3.11"], ["aarch64"], X86, "builds on x86_64 but the app hosts are aarch64"),
-        ("3.11", ["3.11"], [], X86, "not a version specifier"),
+        ("~=3.10", ["3.11.2"], [], X86, None),
+        (">=3.10,<4.0", ["3.11.2", "3.11.9"], [], X86, None),
+        ("==3.11.*", ["3.11.2"], [], X86, None),
+        (">=3.12", ["3.11.2"], [], ("3.12.1", "x86_64"),
+         r"requires Python >=3\.12 .* app hosts run Python 3\.11\.2.*fastapi_app_python"),
+        (">=3.11.4", ["3.11.2"], [], X86, r"app hosts run Python 3\.11\.2"),
+        ("!=3.11.*", ["3.11.2"], [], X86, r"app hosts run Python 3\.11\.2"),
+        ("~=3.12", ["3.11.2"], [], X86, r"app hosts run Python 3\.11\.2"),
+        (">=3.11", ["3.11.2"], [], ("3.10.4", "x86_64"),
+         r"controller builds with Python 3\.10\.4.*fastapi_app_build_python"),
+        ("", ["3.12.1"], [], X86, "3.11 but the app hosts run 3.12.*fastapi_app_build_python"),
+        ("", ["3.11.2", "3.12.1"], [], X86, r"different Pythons \(3\.11, 3\.12\)"),
+        ("", ["3.11.2"], ["aarch64"], X86, "builds on x86_64 but the app hosts are aarch64"),
+        ("3.11", ["3.11.2"], [], X86, "not a version specifier"),
+        (">=3.*", ["3.11.2"], [], X86, "not a version specifier"),
     ],
 )  # fmt: skip
 def test_pythons_are_checked_before_anything_is_built(
@@ -212,4 +218,4 @@ def test_a_project_the_hosts_cannot_run_is_refused_before_pip_runs(tmp_path: Pat
         '[project]\nname = "p"\nversion = "1"\nrequires-python = ">=3.12"\n'
     )
     with pytest.raises(build.BuildError, match=r"requires Python >=3\.12 .*fastapi_app_python"):
-        build.build("p", str(project), str(tmp_path / "c"), hosts_python=["3.11"])
+        build.build("p", str(project), str(tmp_path / "c"), hosts_python=["3.11.2"])

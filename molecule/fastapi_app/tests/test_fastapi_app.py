@@ -16,7 +16,7 @@ import yaml
 
 SCENARIO = Path(__file__).resolve().parents[1]
 # The test secret: $, backticks, both quotes, spaces, #, =, non-ASCII, a backslash.
-PASSWORD = yaml.safe_load((SCENARIO / "secret.yml").read_text())["typical_first_password"]
+PASSWORD = yaml.safe_load((SCENARIO / "vars" / "secret.yml").read_text())["typical_first_password"]
 ADDRESS = "$(hostname -I | awk '{print $1}')"
 APPS = ("tiny", "typical")
 
@@ -30,7 +30,7 @@ def curl(host, path: str, port: int, *args: str) -> tuple[int, str]:
         f"curl -s -m 5 -o /tmp/fm-body -w '%{{http_code}}' {' '.join(args)} "
         f"http://{ADDRESS}:{port}{path}; echo; cat /tmp/fm-body"
     )
-    code, _, body = out.stdout.partition("\n")
+    code, _newline, body = out.stdout.partition("\n")
     return int(code or 0), body
 
 
@@ -49,7 +49,7 @@ def login(host, password: str) -> int:
     body = json.dumps({"username": "admin@example.com", "password": password})
     path = "/tmp/fm-login.json"  # noqa: S108 (inside the test container)
     host.run(f"cat > {path} <<'FM_EOF'\n{body}\nFM_EOF")
-    code, _ = curl(
+    code, _body = curl(
         host, "/api/v1/login/access-token", 8001, "-H 'content-type: application/json'",
         f"--data-binary @{path}",
     )  # fmt: skip
@@ -222,6 +222,6 @@ def test_a_project_the_hosts_python_cannot_run_stops_before_any_host_changes(hos
     run = converge(fastapi_app_source=str(project))
     out = run.stdout + run.stderr
     assert run.returncode != 0, out[-3000:]
-    assert "requires Python >=3.12 (requires-python) but the app hosts run Python 3.11" in out
+    assert "requires Python >=3.12 (requires-python) but the app hosts run Python 3.11." in out
     assert "fastapi_app_python" in out
     assert state(host) == before

@@ -81,12 +81,15 @@ def test_a_changed_secret_previewed_with_v_diff_shows_no_secret(tmp_path: Path) 
     new_leaked, old_leaked = NEW_SECRET in run.output, LAB_DB_PASSWORD in run.output
     assert not new_leaked, "the new secret is in the output of the -v --diff run"
     assert not old_leaked, "the lab's database password is in the output of the -v --diff run"
-    # The secret-bearing tasks did report the change (with their output withheld).
+    # The secret-bearing tasks did report the change (with their output withheld): a new
+    # secret is a new configuration of the release, whose directory check mode reports.
     for host in [*APP_HOSTS, "db1"]:
         assert run.recap[host]["changed"] >= 1, run.recap
     flat = " ".join(run.output.split())
-    env_task = flat.split("TASK [fastapi_app : Ensure the app's environment file is written]", 1)[1]
-    assert "no_log: true" in env_task.split("TASK [", 1)[0]
+    configured = flat.split("TASK [fastapi_app : Ensure the release's configuration directory", 1)
+    assert f"/opt/{APP}/deploys/{live}+" in configured[1].split("TASK [", 1)[0]
+    env_task = flat.split("TASK [fastapi_app : Ensure the release's environment file is written]")
+    assert "no_log: true" in env_task[1].split("TASK [", 1)[0]
 
 
 # Every log the deploy and the services write, per host. A scan finding no secret proves
