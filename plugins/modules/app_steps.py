@@ -18,6 +18,7 @@ description:
     file goes through untouched.
   - Stops at the first command that fails, naming the step, the command, its exit status and
     the end of its output; later steps do not run.
+  - A step runs at the niceness the module runs at.
   - A command reports a change unless the last JSON line it prints holds C(changed) false
     (what the reference app's migration prints); the last JSON object each step printed is
     returned in RV(reports).
@@ -154,6 +155,11 @@ def run_one(module: AnsibleModule, unit: str, script: str) -> tuple[int, str, st
     ]  # fmt: skip
     argv += [f"--setenv={k}={v}" for k, v in sorted(p["environment"].items())]
     argv += [f"--property=EnvironmentFile={p['env_file']}"]
+    # A transient unit starts at nice 0: a step keeps the priority Ansible runs at, as a
+    # command Ansible started itself would.
+    niceness = os.nice(0)
+    if niceness:
+        argv += [f"--nice={niceness}"]
     if p["timeout"]:
         argv += [f"--property=RuntimeMaxSec={p['timeout']}"]
     argv += ["/bin/sh", "-e", script]
