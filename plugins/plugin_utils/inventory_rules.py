@@ -186,6 +186,32 @@ def env_problems(get: Lookup, render_error: Callable[[str], str | None]) -> list
     return out
 
 
+DATABASE_PARTS = ("url", "scheme", "host", "port", "name", "user", "password")
+
+
+def database_problems(get: Lookup, render_error: Callable[[str], str | None]) -> list[str]:
+    """fastapi_app_database needs a password; fastapi_app_database_env names known parts."""
+    out = []
+    database = {} if render_error("fastapi_app_database") else get("fastapi_app_database", {}) or {}
+    if isinstance(database, Mapping) and database and not text(database.get("password") or ""):
+        out.append(
+            "fastapi_app_database: expected a password (e.g. {password: '{{ vault_shop_db_password }}'}); "
+            "it has none (value not shown)"
+        )
+    names = get("fastapi_app_database_env", {}) or {}
+    bad = (
+        [f"{k}: {v}" for k, v in names.items() if v not in DATABASE_PARTS]
+        if isinstance(names, Mapping)
+        else []
+    )
+    if bad:
+        out.append(
+            f"fastapi_app_database_env: expected each name mapped to one of {', '.join(DATABASE_PARTS)} "
+            f"(e.g. {{POSTGRES_SERVER: host}}); got {', '.join(bad)}"
+        )
+    return out
+
+
 def rule_problems(
     get: Lookup,
     defined: Callable[[str], bool],
@@ -213,6 +239,7 @@ def rule_problems(
                 "group or variable the inventory lacks?) or is not a PostgreSQL URL"
             )
         out.extend(env_problems(get, render_error))
+        out.extend(database_problems(get, render_error))
         secret_keys = [k for k in (get("fastapi_app_env", {}) or {}) if re.match(SECRET_NAMES, k)]
         if secret_keys:
             out.append(

@@ -187,6 +187,11 @@ BAD_RULES: list[tuple[str, dict[str, Any], str]] = [
      "the value of HOSTS is a list, expected a string or a number"),
     ("database-env-key", {"fastapi_app_database_env": {"1DB": "url"}},
      "fastapi_app_database_env: expected names"),
+    ("database-env-part", {"fastapi_app_database_env": {"POSTGRES_SERVER": "hostname"}},
+     "fastapi_app_database_env: expected each name mapped to one of url, scheme, host, port, "
+     "name, user, password (e.g. {POSTGRES_SERVER: host}); got POSTGRES_SERVER: hostname"),
+    ("app-database-password", {"fastapi_app_database": {"name": "shop"}},
+     "fastapi_app_database: expected a password"),
 ]  # fmt: skip
 
 
