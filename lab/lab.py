@@ -38,12 +38,19 @@ ACME_IMAGE = os.environ.get("LAB_ACME_IMAGE", "localhost/fastapi-metal-acme:book
 NETWORK = os.environ.get("LAB_NETWORK", "fastapi-metal-lab")
 SUBNET_PREFIX = os.environ.get("LAB_SUBNET_PREFIX", "10.89.50")
 SITE_NAME = os.environ.get("LAB_SITE_NAME", "app.lab.test")
+# The three apps of the lab inventory (fastapi_metal_apps): the name each is served at, and
+# a path and a piece of its answer that say it serves.
+SITES = (
+    (SITE_NAME, "/health", '"healthy"'),
+    ("typical.lab.test", "/api/v1/utils/health-check/", "true"),
+    ("tiny.lab.test", "/", '"hello": "lab"'),
+)
 LABEL = "io.fastapi-metal.lab"
 MIRROR = os.environ.get("LAB_DEBIAN_MIRROR", "http://deb.debian.org/debian")
 DEBOOTSTRAP_INCLUDE = "systemd,systemd-sysv,dbus,python3,iproute2,procps,sudo,ca-certificates"
 MAX_APPS = 8
 # Bumped whenever run_host() changes how a host is started: `up` recreates older hosts.
-HOST_SPEC = "2"
+HOST_SPEC = "3"
 
 
 @dataclass(frozen=True)
@@ -59,7 +66,7 @@ def hosts(apps: int) -> list[Host]:
     p = SUBNET_PREFIX
     out = [
         Host("acme", f"{p}.5", ACME_IMAGE, ("acme.lab.test",)),
-        Host("lb1", f"{p}.10", HOST_IMAGE, (SITE_NAME,)),
+        Host("lb1", f"{p}.10", HOST_IMAGE, tuple(site for site, _path, _answer in SITES)),
         Host("db1", f"{p}.20", HOST_IMAGE),
     ]
     out += [Host(f"app{i}", f"{p}.{30 + i}", HOST_IMAGE) for i in range(1, apps + 1)]
@@ -691,24 +698,16 @@ def cmd_health(_args: argparse.Namespace) -> None:
         check=False,
     )
     roots.write_text(got.stdout)
-    edge = subprocess.run(
-        [
-            "curl",
-            "-s",
-            "-m",
-            "5",
-            "--cacert",
-            str(roots),
-            "--resolve",
-            f"{SITE_NAME}:443:{SUBNET_PREFIX}.10",
-            f"https://{SITE_NAME}/health",
-        ],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    bad += '"healthy"' not in edge.stdout
-    print(f"edge   https://{SITE_NAME}/health  {edge.stdout.strip() or edge.stderr.strip()}")
+    for site, path, answer in SITES:
+        edge = subprocess.run(
+            ["curl", "-s", "-m", "5", "--cacert", str(roots),
+             "--resolve", f"{site}:443:{SUBNET_PREFIX}.10", f"https://{site}{path}"],
+            capture_output=True,
+            text=True,
+            check=False,
+        )  # fmt: skip
+        bad += answer not in edge.stdout
+        print(f"edge   https://{site}{path}  {edge.stdout.strip() or edge.stderr.strip()}")
     print(f"       (certificate from the lab's pebble; its root is in {roots})")
     if bad:
         raise SystemExit(f"lab: {bad} health check(s) failed")

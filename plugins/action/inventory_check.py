@@ -5,16 +5,27 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
+import yaml
 from ansible.plugins.action import ActionBase
+from ansible.utils.vars import load_extra_vars
 from ansible_collections.fastapi_metal.stack.plugins.plugin_utils.inventory_rules import (
     FORMS,
+    apps_problems,
     for_role,
     form_problems,
     groups_problem,
     rule_problems,
 )
+
+
+def role_variables(role: str) -> list[str]:
+    """A role of this collection's variables: the options of its argument specs."""
+    path = Path(__file__).resolve().parents[2] / "roles" / role / "meta" / "argument_specs.yml"
+    specs = yaml.safe_load(path.read_text())["argument_specs"]
+    return sorted({name for entry in specs.values() for name in entry.get("options", {})})
 
 
 def plain(value: Any) -> Any:
@@ -82,7 +93,7 @@ class ActionModule(ActionBase):  # type: ignore[misc]  # ansible ships no type i
         app_hosts = list(groups.get("app", []))
         hostvars = variables.get("hostvars")
         missing_url = []
-        for host in app_hosts:
+        for host in app_hosts if "fastapi_metal_apps" not in variables else []:
             raw = hostvars.raw_get(host) if hostvars is not None else {}
             env = raw.get("fastapi_app_secret_env") if isinstance(raw, Mapping) else None
             if not (isinstance(env, Mapping) and "DATABASE_URL" in env):
@@ -99,6 +110,8 @@ class ActionModule(ActionBase):  # type: ignore[misc]  # ansible ships no type i
             get, lambda var: var in variables, group_names, app_hosts, render_error
         )
         problems += form_problems(forms, group_names)
+        if not prefixes and "fastapi_metal_apps" in variables:
+            problems += self._apps_problems(variables, get, group_names, app_hosts, render_error)
         if prefixes:
             problems = for_role(problems, prefixes)
         result["checked"] = sorted(v for v in set(names) if v in variables)
@@ -107,3 +120,37 @@ class ActionModule(ActionBase):  # type: ignore[misc]  # ansible ships no type i
         else:
             result["msg"] = "the inventory and the extra vars are usable"
         return result
+
+    def _apps_problems(
+        self,
+        variables: Mapping[str, Any],
+        get: Any,
+        group_names: list[str],
+        app_hosts: list[str],
+        render_error: Any,
+    ) -> list[str]:
+        """fastapi_metal_apps: every entry checked as an app, against the others and against
+        what the inventory and the extra vars set for every app."""
+        if error := render_error("fastapi_metal_apps"):
+            return [
+                "fastapi_metal_apps: expected a list of apps the controller can render; it "
+                "cannot be rendered (does it refer to a group or variable the inventory "
+                f"lacks?): {error}"
+            ]
+        extra = load_extra_vars(self._loader)
+        host = variables.get("inventory_hostname", "")
+        hostvars = variables.get("hostvars")
+        raw = hostvars.raw_get(host) if hostvars is not None else {}
+        inventory_keys = [
+            k for k in (raw if isinstance(raw, Mapping) else {}) if k.startswith("fastapi_app_")
+        ]
+        return apps_problems(
+            get("fastapi_metal_apps", None),
+            get,
+            lambda var: var in variables,
+            group_names,
+            app_hosts,
+            inventory_keys,
+            list(extra),
+            role_variables("fastapi_app"),
+        )

@@ -329,7 +329,12 @@ def wait_until_served(server: str, params: dict[str, str]) -> float:
     direct = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # never a proxy
     while time.monotonic() < deadline:
         try:
-            with direct.open(f"http://{probe}/", timeout=5) as answer:
+            # The probe listener passes the request to the upstream of the site this server
+            # belongs to (several apps: an upstream each).
+            request = urllib.request.Request(
+                f"http://{probe}/", headers={"X-Fastapi-Metal-Server": server}
+            )
+            with direct.open(request, timeout=5) as answer:
                 headers = answer.headers
         except urllib.error.HTTPError as exc:  # the app's 4xx/5xx are answers too
             headers = exc.headers

@@ -266,7 +266,9 @@ def rule_problems(
                 f"fastapi_app_lock_host: expected a host of the 'app' group (e.g. {first}); "
                 f"got '{get('fastapi_app_lock_host', '')}'"
             )
-    if "lb" in groups and not get("nginx_server_names", []):
+    apps = get("fastapi_metal_apps", None)
+    apps = apps if isinstance(apps, list) else []
+    if "lb" in groups and not apps and not get("nginx_server_names", []):
         out.append(
             "nginx_server_names: expected the site's names on every lb host (e.g. nginx_server_names: "
             "[app.example.com]); it is empty or not set (or leave the 'lb' group empty)"
@@ -278,7 +280,8 @@ def rule_problems(
         )
     if "db" in groups:
         databases = get("postgresql_databases", None)
-        if not databases:
+        asked = [a for a in apps if isinstance(a, Mapping) and a.get("fastapi_app_database")]
+        if not databases and not asked:
             out.append(
                 "postgresql_databases: expected the app's database on every db host, e.g. "
                 "postgresql_databases: [{name: notes, owner: notes, password: '<a vault_ variable>'}]; "
@@ -335,6 +338,109 @@ def rule_problems(
             out.append(
                 f"{var}: expected a file on the controller, or an empty string; got '{path}', no such file"
             )
+    return out
+
+
+EDGE_KEYS = ("nginx_server_names", "nginx_site")
+RUN_VARS = ("fastapi_app_source", "fastapi_app_release", "fastapi_app_rollback_release")
+
+
+def apps_problems(
+    apps: Any,
+    get: Lookup,
+    defined: Callable[[str], bool],
+    group_names: Iterable[str],
+    app_hosts: list[str],
+    inventory_keys: Iterable[str],
+    extra_keys: Iterable[str],
+    role_keys: Iterable[str],
+) -> list[str]:
+    """The problems of fastapi_metal_apps on this host: each entry is an app (a unique name,
+    port and server names; role variables by name, checked like the inventory's own), and
+    a key is set in one place only. ``inventory_keys``: what the inventory sets for this host
+    (a fastapi_app_* there applies to every app and wins over the entries); ``extra_keys``:
+    the extra vars (-e), which win over everything; ``role_keys``: the fastapi_app role's
+    variables (its argument specs)."""
+    known = set(role_keys) | set(EDGE_KEYS)
+    groups = set(group_names)
+    example = "e.g. [{fastapi_app_name: notes, fastapi_app_port: 8000, nginx_server_names: [notes.example.com]}]"
+    if isinstance(apps, (str, Mapping)) or not isinstance(apps, list) or not apps:
+        return [
+            f"fastapi_metal_apps: expected a non-empty list of apps, {example}; got {text(apps)}"
+        ]
+    out: list[str] = []
+    seen: dict[str, dict[str, str]] = {"name": {}, "port": {}, "server name": {}}
+    names: list[str] = []
+    for i, entry in enumerate(apps, start=1):
+        if not isinstance(entry, Mapping):
+            out.append(
+                f"fastapi_metal_apps (entry {i}): expected a mapping of role variables, {example}; got {text(entry)}"
+            )
+            continue
+        name = text(entry.get("fastapi_app_name", ""))
+        label = f"fastapi_metal_apps[{name or i}]"
+        if not re.match(FORMS[0].match, name):
+            out.append(f"{label}.fastapi_app_name: expected {FORMS[0].expect}; got '{name}'")
+        names.append(name)
+        unknown = sorted(text(k) for k in entry if k not in known)
+        if unknown:
+            out.append(
+                f"{label}: expected variables of the fastapi_app role (its README lists them), "
+                f"nginx_server_names and nginx_site; got {', '.join(unknown)}"
+            )
+        both = sorted(k for k in entry if k in set(inventory_keys) and k not in set(extra_keys))
+        if both:
+            out.append(
+                f"{label}: expected each setting in one place; {', '.join(both)} is also set for every app "
+                "in the inventory (which wins over the entry): keep it in the entries, or only there"
+            )
+        server_names = entry.get("nginx_server_names") or []
+        for kind, values in (
+            ("name", [name]),
+            ("port", [text(entry.get("fastapi_app_port", 8000))]),
+            ("server name", server_names if isinstance(server_names, list) else []),
+        ):
+            for value in map(text, values):
+                if value in seen[kind]:
+                    out.append(
+                        f"{label}: expected a {kind} of its own for each app; {value} is also "
+                        f"the {kind} of entry {seen[kind][value]}"
+                    )
+                seen[kind].setdefault(value, f"{i} ({name})")
+        if "lb" in groups and not server_names:
+            out.append(
+                f"{label}.nginx_server_names: expected the names the app is served at on the lb hosts "
+                f"(e.g. [{name or 'app'}.example.com]); it is empty or not set"
+            )
+
+        def entry_get(var: str, default: Any, entry: Mapping[str, Any] = entry) -> Any:
+            return entry[var] if var in entry else get(var, default)
+
+        def entry_defined(var: str, entry: Mapping[str, Any] = entry) -> bool:
+            return var in entry or defined(var)
+
+        forms = {k: v for k, v in entry.items() if k.startswith("fastapi_app_")}
+        found = form_problems(forms, ["app"]) + [
+            p for p in rule_problems(entry_get, entry_defined, ["app"], app_hosts, lambda var: None)
+            if p.startswith("fastapi_app_")
+        ]  # fmt: skip
+        out.extend(f"{label}.{p}" for p in dict.fromkeys(found) if "app" in groups)
+        if "nginx_server_names" in entry:
+            out.extend(
+                f"{label}.{p}" for p in form_problems({"nginx_server_names": server_names}, ["lb"])
+            )
+    selected = text(get("fastapi_metal_app", "") or "")
+    if selected and selected not in names:
+        out.append(
+            f"fastapi_metal_app: expected the name of an app of fastapi_metal_apps ({', '.join(names)}); got '{selected}'"
+        )
+    run_vars = [v for v in RUN_VARS if v in set(extra_keys)]
+    if run_vars and len(apps) > 1 and not selected:
+        out.append(
+            f"fastapi_metal_app: expected the app {', '.join(run_vars)} is for when the inventory lists several "
+            f"(e.g. -e fastapi_metal_app={names[0] or 'notes'}); it is not set, and the extra vars would apply "
+            "to every app"
+        )
     return out
 
 

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 import yaml
 
+from tests.helpers.role_defaults import role_defaults
 from tests.lab.ansible_run import ROOT
 
 ROLES = sorted(p.parent.parent.name for p in (ROOT / "roles").glob("*/meta/argument_specs.yml"))
@@ -23,7 +24,7 @@ def spec(role: str) -> dict[str, Any]:
 
 
 def defaults(role: str) -> dict[str, Any]:
-    return load(ROOT / "roles" / role / "defaults" / "main.yml")
+    return role_defaults(role)
 
 
 def walk(options: dict[str, Any], path: str = "") -> list[tuple[str, dict[str, Any]]]:

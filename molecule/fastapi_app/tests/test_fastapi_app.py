@@ -213,7 +213,7 @@ def test_a_bad_environment_stops_in_preflight(host, extra, words):
 
 def test_a_project_the_hosts_python_cannot_run_stops_before_any_host_changes(host, tmp_path):
     project = tmp_path / "needs-312"
-    shutil.copytree(SCENARIO / "tinyapp", project)
+    shutil.copytree(SCENARIO.parents[1] / "tests" / "fixtures" / "tinyapp", project)
     meta = project / "pyproject.toml"
     meta.write_text(
         meta.read_text().replace('requires-python = ">=3.11"', 'requires-python = ">=3.12"')

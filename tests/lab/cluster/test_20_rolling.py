@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
+from tests.helpers.role_defaults import role_defaults
 from tests.lab.ansible_run import ROOT, PlaybookRun, lab_exec, run_playbook, start_playbook
 from tests.lab.cluster.conftest import SITE, edge, edge_json
 from tests.lab.loadgen import LoadGenerator, LoadResult
@@ -91,7 +91,7 @@ def healthy_after(run: PlaybookRun) -> dict[str, float]:
 def build(source: Path) -> dict[str, object]:
     """Build a release the way the role does (the release_build action), before any load runs:
     deploys then name it (fastapi_app_release) and find it built, as when CI builds once."""
-    defaults = yaml.safe_load((ROOT / "roles/fastapi_app/defaults/main.yml").read_text())
+    defaults = role_defaults("fastapi_app")
     cmd = [
         sys.executable, str(ROOT / "plugins/plugin_utils/release_build.py"),
         "--name", "notes", "--source", str(source),
@@ -436,7 +436,7 @@ def test_j_a_config_written_but_never_loaded_goes_live_on_the_next_run(
     """A run that wrote nginx.conf and died before reloading (here: the step that reloads
     skipped) leaves the file on disk not live; the next run must load it even though it
     writes nothing."""
-    defaults = yaml.safe_load((ROOT / "roles/nginx/defaults/main.yml").read_text())
+    defaults = role_defaults("nginx")
     marker = f"fm-{SESSION}"
     headers = {**defaults["nginx_security_headers"], "X-Fastapi-Metal-Test": marker}
     extra = {"nginx_security_headers": headers}

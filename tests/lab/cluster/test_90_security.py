@@ -14,7 +14,6 @@ import subprocess
 from pathlib import Path
 
 import pytest
-import yaml
 
 from tests.helpers.logscan import (
     DEPLOY_AUDIT,
@@ -27,7 +26,8 @@ from tests.helpers.logscan import (
     scan_for_secrets,
 )
 from tests.helpers.probe import expected_verdicts, probe_command, probe_problems
-from tests.lab.ansible_run import ROOT, lab_exec, run_playbook
+from tests.helpers.role_defaults import role_defaults
+from tests.lab.ansible_run import lab_exec, run_playbook
 from tests.lab.cluster.conftest import SITE
 from tests.lab.topology import APP_HOSTS, DB_IP, LAB_DB_PASSWORD, LB_IP
 
@@ -68,7 +68,7 @@ def test_a_changed_secret_previewed_with_v_diff_shows_no_secret(tmp_path: Path) 
     # finds it staged, whatever the rolling tests left live.
     live = lab_exec("app1", f"readlink -f /opt/{APP}/current/release").stdout.strip()
     live = live.rsplit("/", 1)[-1]
-    defaults = yaml.safe_load((ROOT / "roles/fastapi_app/defaults/main.yml").read_text())
+    defaults = role_defaults("fastapi_app")
     cache = Path(defaults["fastapi_app_build_cache"]).expanduser() / APP / f"{live}.tar.gz"
     assert cache.exists(), f"the live release {live} is not in the build cache {cache}"
     # The new secret goes in a file (-e @file), not on a command line others can list.
@@ -104,7 +104,7 @@ LOG_MARKER = f"fm-logscan-{secrets.token_hex(8)}"
 
 
 def controller_audit_log() -> Path:
-    defaults = yaml.safe_load((ROOT / "roles/fastapi_app/defaults/main.yml").read_text())
+    defaults = role_defaults("fastapi_app")
     return Path(defaults["fastapi_app_controller_audit_log"]).expanduser()
 
 
