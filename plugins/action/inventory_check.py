@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import yaml
+from ansible.module_utils.common.yaml import yaml_load
 from ansible.plugins.action import ActionBase
 from ansible.utils.vars import load_extra_vars
 from ansible_collections.fastapi_metal.stack.plugins.plugin_utils.inventory_rules import (
@@ -24,7 +24,7 @@ from ansible_collections.fastapi_metal.stack.plugins.plugin_utils.inventory_rule
 def role_variables(role: str) -> list[str]:
     """A role of this collection's variables: the options of its argument specs."""
     path = Path(__file__).resolve().parents[2] / "roles" / role / "meta" / "argument_specs.yml"
-    specs = yaml.safe_load(path.read_text())["argument_specs"]
+    specs = yaml_load(path.read_text())["argument_specs"]
     return sorted({name for entry in specs.values() for name in entry.get("options", {})})
 
 

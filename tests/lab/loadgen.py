@@ -7,8 +7,9 @@ and their lateness is recorded as *lag*, so a slow generator is not mistaken for
 
 The mix hits the notes API, which reads and writes PostgreSQL: by default 35 % ``GET
 /notes?limit=5``, 35 % ``GET /notes/{id}`` of a note this run created (a list until one
-exists), 30 % ``POST /notes``. Every request has a total time limit (default 2 s). A failure
-is any status outside 2xx, a connection error, a TLS error or a timeout.
+exists), 30 % ``POST /notes``; for another app, ``paths`` lists the GET paths to send. Every
+request has a total time limit (default 2 s). A failure is any status outside 2xx, a connection
+error, a TLS error or a timeout.
 
 Recorded per request: when it was due and sent, its latency, its status (or error kind) and
 the ``X-App-Release`` header. ``LoadResult`` adds up totals, releases in order of first
@@ -447,6 +448,7 @@ class LoadGenerator:
         max_connections: int = 50,
         max_in_flight: int = 2000,
         mix: Mapping[str, float] = DEFAULT_MIX,
+        paths: Sequence[str] = (),
         seed: int | None = 0,
         user_agent: str = "fastapi-metal-loadgen",
     ) -> None:
@@ -466,6 +468,8 @@ class LoadGenerator:
         self.max_in_flight = max_in_flight
         self.routes = list(mix)
         self.weights = [mix[name] for name in self.routes]
+        # Another app than notes: GET these paths in turn instead of the notes mix.
+        self.paths = list(paths)
         self.rng = random.Random(seed)
         self.user_agent = user_agent
         self.run_id = f"{int(time.time()):x}"
@@ -611,6 +615,8 @@ class LoadGenerator:
         return result
 
     def _pick(self) -> tuple[str, str, str, dict[str, Any] | None]:
+        if self.paths:
+            return "get", "GET", self.paths[self.rng.randrange(len(self.paths))], None
         route = self.rng.choices(self.routes, self.weights)[0]
         if route == "get" and self._note_ids:
             note_id = self._note_ids[self.rng.randrange(len(self._note_ids))]

@@ -29,6 +29,8 @@ from tests.lab.topology import APP_HOSTS, LB_IP
 RESULTS = ROOT / ".lab" / "results"
 LOCK = "/var/lib/fastapi-metal/notes/deploy.lock"
 AUDIT = "/var/log/fastapi-metal/notes-deploys.jsonl"
+# The reference app, one of the lab's three apps: these tests deploy and roll back it alone.
+NOTES: dict[str, object] = {"fastapi_metal_app": "notes"}
 RATE = 200
 # A converge under load runs base, postgresql, nginx and certbot on all four lab hosts before
 # it touches an app host; in the lab those four "servers", the controller and the client share
@@ -101,7 +103,7 @@ def build(source: Path) -> dict[str, object]:
     ]  # fmt: skip
     out = subprocess.run(cmd, capture_output=True, text=True, check=True)
     built = json.loads(out.stdout)
-    return {"fastapi_app_source": str(source), "fastapi_app_release": built["release"]}
+    return {**NOTES, "fastapi_app_source": str(source), "fastapi_app_release": built["release"]}
 
 
 @pytest.fixture(scope="module")
@@ -273,7 +275,7 @@ def test_e_rollback_to_the_previous_release_drops_nothing(
     state: dict[str, Any], pebble_roots: Path, load: LoadGenerator
 ) -> None:
     revision = db_revision()
-    run = run_playbook("rollback.yml")
+    run = run_playbook("rollback.yml", extra=NOTES)
     result = finish(load, "rollback-b-to-a")
     assert run.rc == 0, run.tail()
     print(f"rollback {run.seconds:.1f} s; restart-to-healthy per host: {healthy_after(run)}")
@@ -296,7 +298,7 @@ def test_f_a_concurrent_deploy_is_refused_by_the_lock(
             assert first.poll() is None, "the first deploy ended before taking the lock"
             assert time.monotonic() < deadline, "the first deploy never took the lock"
             time.sleep(0.2)
-        second = run_playbook("rollback.yml")
+        second = run_playbook("rollback.yml", extra=NOTES)
         assert second.rc != 0
         flat = " ".join(second.output.split())
         assert "Another deploy holds the lock" in flat and "fastapi_app_break_lock=true" in flat
@@ -353,7 +355,7 @@ def test_f_a_batch_of_every_app_host_is_restarted_without_a_drain(
     )  # fmt: skip
     with gen:
         gen.wait_for(100, timeout=30)
-        run = run_playbook("rollback.yml", extra={"fastapi_app_serial": "100%"})
+        run = run_playbook("rollback.yml", extra={**NOTES, "fastapi_app_serial": "100%"})
         result = finish(gen, "rollback-whole-batch", after=3.0)
     assert run.rc == 0, run.tail()
     print(f"whole-batch rollback {run.seconds:.1f} s; healthy after: {healthy_after(run)}")
@@ -479,7 +481,7 @@ def test_k_a_host_failing_its_gate_on_the_release_it_serves_is_left_as_it_is() -
     try:
         # No migration (it would fail first, from app1): the gate is what this is about.
         run = run_playbook("site.yml", extra={
-            "fastapi_app_health_timeout": 5, "fastapi_app_migrate_command": "",
+            **NOTES, "fastapi_app_health_timeout": 5, "fastapi_app_migrate_command": "",
             "fastapi_app_migrate_plan_command": "",
         })  # fmt: skip
     finally:

@@ -29,8 +29,11 @@ from tests.helpers.probe import expected_verdicts, probe_command, probe_problems
 from tests.helpers.role_defaults import role_defaults
 from tests.lab.ansible_run import lab_exec, run_playbook
 from tests.lab.cluster.conftest import SITE
-from tests.lab.topology import APP_HOSTS, DB_IP, LAB_DB_PASSWORD, LB_IP
+from tests.lab.topology import APP_HOSTS, DB_IP, LAB_DB_PASSWORD, LAB_VARS, LB_IP
 
+LAB_APPS = LAB_VARS["fastapi_metal_apps"]
+APP_PORTS = [int(app["fastapi_app_port"]) for app in LAB_APPS]
+DATABASES = sorted(app["fastapi_app_name"] for app in LAB_APPS if "fastapi_app_database" in app)
 OUTSIDER = "acme"  # on the lab network, in no inventory group
 APP = "notes"
 # A second secret, given only to the check run below: it must not surface anywhere either.
@@ -74,7 +77,9 @@ def test_a_changed_secret_previewed_with_v_diff_shows_no_secret(tmp_path: Path) 
     # The new secret goes in a file (-e @file), not on a command line others can list.
     extra = tmp_path / "extra.json"
     extra.touch(mode=0o600)
-    extra.write_text(json.dumps({"lab_db_password": NEW_SECRET, "fastapi_app_release": live}))
+    extra.write_text(json.dumps({
+        "lab_db_password": NEW_SECRET, "fastapi_app_release": live, "fastapi_metal_app": APP,
+    }))  # fmt: skip
     run = run_playbook("site.yml", "--check", "--diff", "-v", "-e", f"@{extra}")
     assert run.rc == 0, run.tail()
     # Booleans, so that a failure does not print the secret into the test log.
@@ -292,18 +297,21 @@ def test_the_lb_exposes_only_80_and_443_to_an_outsider() -> None:
     assert seen == expected_verdicts(targets, open_ports={80, 443}), seen
 
 
-def test_the_app_port_and_postgresql_are_closed_to_an_outsider_open_to_their_peers() -> None:
-    targets = [f"{ip}:8000" for ip in APP_HOSTS.values()] + [f"{DB_IP}:5432"]
+def test_the_app_ports_and_postgresql_are_closed_to_an_outsider_open_to_their_peers() -> None:
+    # Every app of the inventory has its port on every app host.
+    apps = [f"{ip}:{port}" for ip in APP_HOSTS.values() for port in APP_PORTS]
+    db = f"{DB_IP}:5432"
     # The outsider's positive control: the edge's 443, open to everyone, in the same probe.
     edge_https = f"{LB_IP}:443"
-    seen = probe(OUTSIDER, edge_https, *targets)
-    assert seen == {edge_https: "open"} | dict.fromkeys(targets, "timeout"), seen
+    seen = probe(OUTSIDER, edge_https, *apps, db)
+    assert seen == {edge_https: "open"} | dict.fromkeys([*apps, db], "timeout"), seen
     # The allowed groups do reach them (so the check above is about the source, not a dead port).
-    assert probe("lb1", *targets[:2]) == dict.fromkeys(targets[:2], "open")
-    assert probe("app1", targets[2]) == {targets[2]: "open"}
-    # And an app host is not an lb: the other app host's port is closed to it (beside the
+    assert probe("lb1", *apps) == dict.fromkeys(apps, "open")
+    assert probe("app1", db) == {db: "open"}
+    # And an app host is not an lb: the other app host's ports are closed to it (beside the
     # database port, open to it: the same probe's positive control).
-    assert probe("app1", targets[1], targets[2]) == {targets[1]: "timeout", targets[2]: "open"}
+    other = [t for t in apps if t.startswith(f"{APP_HOSTS['app2']}:")]
+    assert probe("app1", *other, db) == dict.fromkeys(other, "timeout") | {db: "open"}
 
 
 def test_metrics_are_not_served_to_the_public_through_the_lb() -> None:
@@ -343,7 +351,8 @@ def test_pg_hba_has_no_trust_and_admits_tcp_only_with_scram_from_the_app_hosts()
     assert tcp and all(r[5] == "scram-sha-256" for r in tcp), tcp
     assert {r[3] for r in tcp} == set(APP_HOSTS.values()), tcp
     assert {r[4] for r in tcp} == {"255.255.255.255"}, tcp
-    assert {(r[1], r[2]) for r in tcp} == {("{notes}", "{notes}")}, tcp
+    # Each app's database admits its own role only (the lab: notes and typical; tiny has none).
+    assert {(r[1], r[2]) for r in tcp} == {(f"{{{db}}}", f"{{{db}}}") for db in DATABASES}, tcp
 
 
 def test_passwords_are_scram_and_postgresql_listens_on_its_private_address_only() -> None:
@@ -351,7 +360,7 @@ def test_passwords_are_scram_and_postgresql_listens_on_its_private_address_only(
     stored = psql(
         "select rolname, left(rolpassword, 14) from pg_authid where rolpassword is not null"
     )
-    assert stored == [["notes", "SCRAM-SHA-256$"]], stored
+    assert sorted(stored) == [[db, "SCRAM-SHA-256$"] for db in DATABASES], stored
     listen = lab_exec("db1", "ss -Htln 'sport = :5432'").stdout.split("\n")
     addresses = {line.split()[3].rsplit(":", 1)[0] for line in listen if line.strip()}
     assert addresses == {DB_IP, "127.0.0.1"}, addresses

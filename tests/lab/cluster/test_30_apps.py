@@ -1,0 +1,175 @@
+"""Three apps side by side on the same hosts (the lab inventory's fastapi_metal_apps): the
+reference app (notes), a typical project not written for this one (typical) and a bare ASGI
+app pinned by uv.lock (tiny). Each is served over HTTPS at its own name with a certificate of
+its own; a rolling upgrade of one under load drops nothing and restarts no other."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import socket
+import ssl
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.lab.ansible_run import ROOT, lab_exec, run_playbook
+from tests.lab.loadgen import LoadGenerator, LoadResult
+from tests.lab.topology import APP_HOSTS, LAB_VARS, LB_IP
+
+APPS = {app["fastapi_app_name"]: app for app in LAB_VARS["fastapi_metal_apps"]}
+NAMES = {
+    "notes": LAB_VARS["lab_site_name"],
+    "typical": LAB_VARS["lab_typical_name"],
+    "tiny": LAB_VARS["lab_tiny_name"],
+}
+# What each app answers at a path of its own, through its own name.
+ANSWERS = {
+    "notes": ("/health", '"status":"healthy"'),
+    "typical": (APPS["typical"]["fastapi_app_health_path"], "true"),
+    "tiny": ("/", '"hello": "lab"'),
+}
+RESULTS = ROOT / ".lab" / "results"
+
+
+def https(name: str, path: str, roots: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """curl to one app's name through the edge, verifying its certificate."""
+    return subprocess.run(
+        ["curl", "-s", "-m", "10", "--cacert", str(roots), "--resolve", f"{name}:443:{LB_IP}",
+         *args, f"https://{name}{path}"],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+
+
+def certificate_names(name: str, roots: Path) -> list[str]:
+    """The DNS names of the certificate the edge presents for `name` (SNI), verified."""
+    context = ssl.create_default_context(cafile=str(roots))
+    with (
+        socket.create_connection((LB_IP, 443), timeout=5) as raw,
+        context.wrap_socket(raw, server_hostname=name) as tls,
+    ):
+        cert = tls.getpeercert()
+    assert cert is not None
+    names: Any = cert.get("subjectAltName", ())
+    return sorted(str(value) for kind, value in names if kind == "DNS")
+
+
+def started(host: str, app: str) -> str:
+    """When the app's Gunicorn master started on the host: changes with every restart."""
+    out = lab_exec(host, f"systemctl show -p ExecMainStartTimestampMonotonic --value {app}")
+    return out.stdout.strip()
+
+
+def release_of(host: str, app: str) -> str:
+    return lab_exec(host, f"readlink -f /opt/{app}/current/release").stdout.strip().rsplit("/")[-1]
+
+
+@pytest.mark.parametrize("app", sorted(NAMES))
+def test_each_app_is_served_at_its_own_name_with_a_certificate_of_its_own(
+    app: str, pebble_roots: Path
+) -> None:
+    path, answer = ANSWERS[app]
+    out = https(NAMES[app], path, pebble_roots, "-w", "\n%{http_code}")
+    body, _, code = out.stdout.rpartition("\n")
+    compact = body.replace(", ", ",").replace(": ", ":")
+    assert code == "200" and answer.replace(", ", ",").replace(": ", ":") in compact, out
+    # Its own certificate, from the lab's ACME server: it names this app's site only.
+    assert certificate_names(NAMES[app], pebble_roots) == [NAMES[app]]
+    # And every app answers on every app host, at its own port (only the lb may ask).
+    for ip in APP_HOSTS.values():
+        port = APPS[app]["fastapi_app_port"]
+        direct = lab_exec(
+            "lb1", f"curl -s -m 3 -o /dev/null -w '%{{http_code}}' http://{ip}:{port}{path}"
+        )
+        assert direct.stdout == "200", (app, ip, direct.stdout)
+
+
+def test_a_name_the_inventory_does_not_list_gets_no_answer(pebble_roots: Path) -> None:
+    # The positive control is the test above (listed names answer); an unknown name's TLS
+    # handshake is refused by the default server.
+    out = https("other.lab.test", "/", pebble_roots)
+    assert out.returncode != 0 and out.stdout == "", out
+
+
+def test_the_typical_projects_first_user_logs_in_through_its_edge(pebble_roots: Path) -> None:
+    """The after_migrate step of typical seeded its first user: the login proves it, with the
+    inventory's secret (and a near miss is refused, so the check can fail)."""
+    secret = APPS["typical"]["fastapi_app_secret_env"]
+    user = secret["FIRST_SUPERUSER"]
+    password = LAB_VARS["lab_typical_first_password"]
+
+    def login(pw: str) -> subprocess.CompletedProcess[str]:
+        body = json.dumps({"username": user, "password": pw})
+        return https(NAMES["typical"], "/api/v1/login/access-token", pebble_roots,
+                     "-H", "Content-Type: application/json", "-d", body,
+                     "-w", "\n%{http_code}")  # fmt: skip
+
+    good, bad = login(password), login(password + "x")
+    assert good.stdout.endswith("\n200") and "access_token" in good.stdout, good
+    assert bad.stdout.endswith("\n400"), bad
+
+
+def load_on(app: str, roots: Path, rate: int) -> LoadGenerator:
+    name = NAMES[app]
+    paths = {
+        "typical": [ANSWERS["typical"][0], "/api/v1/utils/banner/"],
+        "tiny": ["/", "/health"],
+    }  # notes: the notes mix (reads and writes PostgreSQL)
+    return LoadGenerator(
+        f"https://{name}", rate=rate, cafile=roots, resolve={name: LB_IP}, timeout=2.0,
+        max_connections=rate * 2, paths=paths.get(app, ()),
+    )  # fmt: skip
+
+
+def test_a_rolling_upgrade_of_one_app_under_load_drops_nothing_and_restarts_no_other(
+    tmp_path: Path, pebble_roots: Path
+) -> None:
+    # A new release of typical: the project as it is, its version bumped.
+    source = tmp_path / "typical"
+    skip = shutil.ignore_patterns("build", "*.egg-info", "__pycache__")
+    shutil.copytree(ROOT / "tests/fixtures/typical", source, ignore=skip)
+    pyproject = source / "pyproject.toml"
+    text = pyproject.read_text()
+    version = re.search(r'^version = "([^"]+)"', text, re.M)
+    assert version is not None
+    new_version = version[1] + ".1"
+    pyproject.write_text(text.replace(version[0], f'version = "{new_version}"'))
+
+    before = {(h, a): started(h, a) for h in APP_HOSTS for a in NAMES}
+    loads = {
+        "typical": load_on("typical", pebble_roots, 100),
+        "notes": load_on("notes", pebble_roots, 25),
+        "tiny": load_on("tiny", pebble_roots, 25),
+    }
+    for gen in loads.values():
+        gen.start()
+    try:
+        for gen in loads.values():
+            gen.wait_for(50, timeout=30)  # steady traffic on every app before anything starts
+        run = run_playbook(
+            "rolling_upgrade.yml",
+            extra={"fastapi_metal_app": "typical", "fastapi_app_source": str(source)},
+        )
+    finally:
+        results: dict[str, LoadResult | None] = {app: gen.stop() for app, gen in loads.items()}
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    for app, result in results.items():
+        assert result is not None
+        result.write_json(RESULTS / f"apps-upgrade-typical-load-{app}.json")
+        print(f"\n--- load on {app} during typical's rolling upgrade ---\n{result.summary()}")
+    assert run.rc == 0, run.tail()
+    print(f"rolling upgrade of typical: {run.seconds:.1f} s")
+    after = {(h, a): started(h, a) for h in APP_HOSTS for a in NAMES}
+    for host in APP_HOSTS:
+        assert new_version in release_of(host, "typical"), release_of(host, "typical")
+        assert after[(host, "typical")] != before[(host, "typical")], (
+            f"typical not restarted on {host}"
+        )
+        for other in ("notes", "tiny"):
+            assert after[(host, other)] == before[(host, other)], f"{other} restarted on {host}"
+    for app, result in results.items():
+        assert result is not None and result.sent >= 500, (app, result and result.totals())
+        assert result.failed == 0, (app, result.summary())
