@@ -342,6 +342,7 @@ def rule_problems(
 
 
 EDGE_KEYS = ("nginx_server_names", "nginx_site")
+SHAPE_VARS = ("fastapi_app_name", "fastapi_app_port", "fastapi_app_listen_unix")
 RUN_VARS = ("fastapi_app_source", "fastapi_app_release", "fastapi_app_rollback_release")
 
 
@@ -429,6 +430,15 @@ def apps_problems(
             out.extend(
                 f"{label}.{p}" for p in form_problems({"nginx_server_names": server_names}, ["lb"])
             )
+    # What the other roles read from the entries (firewall, upstream): set for every app, or
+    # with -e, it would move the apps but not their firewall opening or upstream.
+    shaped = [v for v in SHAPE_VARS if v in set(inventory_keys) | set(extra_keys)]
+    if shaped:
+        out.append(
+            f"{', '.join(shaped)}: expected in each entry of fastapi_metal_apps, where the firewall "
+            "and the nginx upstream read it too; it is set for every app (inventory or -e), which "
+            "would move the apps but not their firewall opening or upstream"
+        )
     selected = text(get("fastapi_metal_app", "") or "")
     if selected and selected not in names:
         out.append(

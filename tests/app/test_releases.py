@@ -16,11 +16,11 @@ from pathlib import Path
 
 import psycopg
 import pytest
-import yaml  # type: ignore[import-untyped]  # no types-PyYAML in the venv
 from sqlalchemy.engine import make_url
 
 from tests.app.conftest import ClientFactory
 from tests.helpers.cli import clean_env
+from tests.helpers.role_defaults import role_defaults
 from tests.lab.releases import (
     INFO_FILE,
     ReleaseBuildError,
@@ -227,7 +227,7 @@ def _role_destructive_patterns(repo_root: Path) -> re.Pattern[str]:
     # The role is part of this repository: a missing file or variable is a broken role (the
     # deploy would scan with nothing), not a reason to skip the test.
     assert defaults.is_file(), f"{defaults} is missing"
-    patterns = yaml.safe_load(defaults.read_text()).get("fastapi_app_destructive_patterns")
+    patterns = role_defaults("fastapi_app").get("fastapi_app_destructive_patterns")
     assert patterns, f"fastapi_app_destructive_patterns is not set in {defaults}"
     return re.compile("(?i)" + "|".join(patterns))
 

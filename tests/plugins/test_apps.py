@@ -42,7 +42,7 @@ def problems(
     variables = dict(host or {})
     return apps_problems(
         entries,
-        lambda var, default: variables.get(var, default),
+        variables.get,
         lambda var: var in variables,
         groups,
         ["app1", "app2"],
@@ -193,3 +193,14 @@ def test_server_names_are_needed_only_where_there_is_an_edge() -> None:
     bare = [{k: v for k, v in NOTES.items() if k != "nginx_server_names"}]
     assert problems(bare, groups=("all", "app")) == []
     assert problems(bare, groups=("all", "lb"))
+
+
+@pytest.mark.parametrize("where", ["inventory", "extra"])
+def test_the_port_an_edge_reads_is_set_in_the_entries_only(where: str) -> None:
+    keys = ("fastapi_app_port",)
+    found = problems([NOTES, SHOP], **{where: keys})  # type: ignore[arg-type]
+    assert any(
+        p.startswith("fastapi_app_port: expected in each entry of fastapi_metal_apps")
+        for p in found
+    ), found
+    assert problems([NOTES, SHOP], **{where: ("fastapi_app_workers",)}) == []  # type: ignore[arg-type]

@@ -73,7 +73,7 @@ def test_each_app_is_served_at_its_own_name_with_a_certificate_of_its_own(
 ) -> None:
     path, answer = ANSWERS[app]
     out = https(NAMES[app], path, pebble_roots, "-w", "\n%{http_code}")
-    body, _, code = out.stdout.rpartition("\n")
+    body, _newline, code = out.stdout.rpartition("\n")
     compact = body.replace(", ", ",").replace(": ", ":")
     assert code == "200" and answer.replace(", ", ",").replace(": ", ":") in compact, out
     # Its own certificate, from the lab's ACME server: it names this app's site only.
