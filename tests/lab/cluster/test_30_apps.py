@@ -173,3 +173,29 @@ def test_a_rolling_upgrade_of_one_app_under_load_drops_nothing_and_restarts_no_o
     for app, result in results.items():
         assert result is not None and result.sent >= 500, (app, result and result.totals())
         assert result.failed == 0, (app, result.summary())
+
+
+def test_a_rollback_of_one_app_under_load_restores_it_alone(pebble_roots: Path) -> None:
+    """Back from the upgrade above: typical returns to the release (and configuration) it ran
+    before, on every host; notes and tiny are not restarted."""
+    upgraded = {host: release_of(host, "typical") for host in APP_HOSTS}
+    assert all(".1-" in release for release in upgraded.values()), upgraded  # the bumped one
+    before = {(h, a): started(h, a) for h in APP_HOSTS for a in NAMES}
+    gen = load_on("typical", pebble_roots, 50)
+    with gen:
+        gen.wait_for(50, timeout=30)
+        run = run_playbook("rollback.yml", extra={"fastapi_metal_app": "typical"})
+    result = gen.result
+    result.write_json(RESULTS / "apps-rollback-typical-load.json")
+    print(f"\n--- load on typical during its rollback ---\n{result.summary()}")
+    assert run.rc == 0, run.tail()
+    after = {(h, a): started(h, a) for h in APP_HOSTS for a in NAMES}
+    for host in APP_HOSTS:
+        release = release_of(host, "typical")
+        assert release != upgraded[host] and ".1-" not in release, release
+        assert after[(host, "typical")] != before[(host, "typical")], (
+            f"typical not restarted on {host}"
+        )
+        for other in ("notes", "tiny"):
+            assert after[(host, other)] == before[(host, other)], f"{other} restarted on {host}"
+    assert result.sent >= 250 and result.failed == 0, result.summary()
