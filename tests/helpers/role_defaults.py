@@ -16,11 +16,14 @@ ENTRY = re.compile(r"^\{\{\s*fastapi_app_entry\.(\w+)\s*\|\s*default\((.*)\)\s*\
 JINJA_WORDS = {"true": "True", "false": "False", "none": "None"}
 
 
-def literal(name: str, value: Any) -> Any:
-    """The fallback of an entry-overridable default when it is a literal, else the value."""
+def literal(name: str, value: Any, internal: dict[str, Any]) -> Any:
+    """The fallback of an entry-overridable default when it is a literal (or names one of
+    the role's internal values in vars/main.yml), else the value."""
     m = ENTRY.match(value) if isinstance(value, str) else None
     if not m or m[1] != name:
         return value
+    if m[2].strip() in internal:
+        return internal[m[2].strip()]
     text = JINJA_WORDS.get(m[2].strip(), m[2])
     try:
         return ast.literal_eval(text)
@@ -31,4 +34,6 @@ def literal(name: str, value: Any) -> Any:
 def role_defaults(role: str) -> dict[str, Any]:
     path = ROOT / "roles" / role / "defaults" / "main.yml"
     raw: dict[str, Any] = yaml.safe_load(path.read_text()) or {}
-    return {name: literal(name, value) for name, value in raw.items()}
+    internal_path = ROOT / "roles" / role / "vars" / "main.yml"
+    internal = yaml.safe_load(internal_path.read_text()) or {} if internal_path.exists() else {}
+    return {name: literal(name, value, internal) for name, value in raw.items()}
