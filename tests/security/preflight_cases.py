@@ -272,6 +272,75 @@ CASES: list[Case] = [
 ]
 
 
+# Several apps (the lab's fastapi_metal_apps): each entry checked as an app, and the rules of
+# the list. Run against the lab's own inventory.
+_LAB_APPS: list[dict[str, Any]] = yaml.safe_load((LAB / "group_vars" / "all.yml").read_text())[
+    "fastapi_metal_apps"
+]
+_NOTES, _TYPICAL, _TINY = _LAB_APPS
+
+
+APP_CASES: list[Case] = [
+    Case(
+        "apps-port-taken-twice",
+        ("fastapi_metal_apps[typical]", "a port of its own for each app", "8000"),
+        extra={"fastapi_metal_apps": [_NOTES, {**_TYPICAL, "fastapi_app_port": 8000}, _TINY]},
+    ),
+    Case(
+        "apps-key-misspelt",
+        ("fastapi_metal_apps[tiny]", "variables of the fastapi_app role", "fastapi_app_modul"),
+        extra={"fastapi_metal_apps": [_NOTES, _TYPICAL, {**_TINY, "fastapi_app_modul": "x:app"}]},
+    ),
+    Case(
+        "apps-env-key-with-a-space",
+        ("fastapi_metal_apps[typical].fastapi_app_env", "BAD KEY"),
+        extra={
+            "fastapi_metal_apps": [_NOTES, {**_TYPICAL, "fastapi_app_env": {"BAD KEY": "x"}}, _TINY]
+        },
+    ),
+    Case(
+        "apps-release-without-the-app",
+        ("fastapi_metal_app", "fastapi_app_release", "-e fastapi_metal_app=notes"),
+        playbook="rolling_upgrade.yml",
+        extra={"fastapi_app_release": "1.0.0-abc"},
+    ),
+    Case(
+        "apps-port-for-every-app",
+        ("fastapi_app_port", "in each entry of fastapi_metal_apps"),
+        extra={"fastapi_app_port": 9000},
+    ),
+]
+
+
+def one_app_inventory(source: Path, dest: Path) -> Path:
+    """The lab as an inventory of one app (the form the matrix above is written for): the first
+    app of fastapi_metal_apps as the fastapi_app_* variables of group_vars/app.yml, its names as
+    nginx_server_names, its database in postgresql_databases and as DATABASE_URL."""
+    shutil.copytree(source, dest, dirs_exist_ok=True)
+    group_vars = dest / "group_vars"
+    everything = _load(group_vars / "all.yml")
+    app = dict(everything.pop("fastapi_metal_apps")[0])
+    _dump(group_vars / "all.yml", everything)
+    names = app.pop("nginx_server_names")
+    password = app.pop("fastapi_app_database")["password"]
+    name = app["fastapi_app_name"]
+    variable = password.strip("{} ")
+    db = "hostvars[groups['db'][0]]"
+    app["fastapi_app_secret_env"] = {
+        "DATABASE_URL": f"{{{{ 'postgresql://{name}:%s@%s:%s/{name}' | format({variable}, "
+        f"{db}['ansible_host'], {db}['postgresql_port'] | default(5432)) }}}}"
+    }
+    app_file = group_vars / "app.yml"
+    _dump(app_file, {**(_load(app_file) if app_file.exists() else {}), **app})
+    lb_file = group_vars / "lb.yml"
+    _dump(lb_file, {**_load(lb_file), "nginx_server_names": names})
+    _dump(
+        group_vars / "db.yml",
+        {"postgresql_databases": [{"name": name, "owner": name, "password": password}]},
+    )
+    return dest
+
+
 # --- running playbooks that cannot reach a host ---------------------------------------------
 
 

@@ -6,17 +6,22 @@ links, config files and their mtimes, service start times) is the same after the
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import pytest
 
 from tests.lab.ansible_run import lab_exec
 from tests.lab.topology import ADDRESSES, LAB_DB_PASSWORD
 from tests.security.preflight_cases import (
+    APP_CASES,
     CASES,
     LAB,
     Case,
     IsolatedRun,
     NoSshRunner,
     assert_stopped_in_preflight,
+    copied_inventory,
+    one_app_inventory,
 )
 
 # What a run that got past preflight would change first, per host (podman exec, not ssh).
@@ -55,8 +60,18 @@ def runner(tmp_path_factory: pytest.TempPathFactory) -> NoSshRunner:
 
 
 @pytest.fixture(scope="module")
-def matrix(before: dict[str, str], runner: NoSshRunner) -> dict[str, IsolatedRun]:
-    results = runner.run_cases(CASES)
+def one_app_runner(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NoSshRunner]:
+    """The matrix is written for an inventory of one app: the lab's first app, alone."""
+    with copied_inventory(LAB) as scratch:
+        inventory = one_app_inventory(LAB, scratch)
+        yield NoSshRunner(tmp_path_factory.mktemp("nossh-one-app"), inventory)
+
+
+@pytest.fixture(scope="module")
+def matrix(
+    before: dict[str, str], runner: NoSshRunner, one_app_runner: NoSshRunner
+) -> dict[str, IsolatedRun]:
+    results = one_app_runner.run_cases(CASES) | runner.run_cases(APP_CASES)
     total = sum(r.run.seconds for r in results.values())
     print(f"\n{len(results)} bad inventories, {total:.1f} s of ansible-playbook in all")
     return results
@@ -66,7 +81,7 @@ def test_the_matrix_has_at_least_12_bad_inventories() -> None:
     assert len(CASES) >= 12
 
 
-@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
+@pytest.mark.parametrize("case", CASES + APP_CASES, ids=[c.id for c in CASES + APP_CASES])
 def test_bad_inventory_fails_in_preflight(case: Case, matrix: dict[str, IsolatedRun]) -> None:
     result = matrix[case.id]
     print(f"{case.id}: rc={result.run.rc} in {result.run.seconds:.1f} s, recap {result.run.recap}")
@@ -82,9 +97,12 @@ def test_no_lab_host_changed_during_the_matrix(
         assert after[host] == before[host], f"{host} changed:\n{before[host]}\n---\n{after[host]}"
 
 
-def test_the_good_lab_inventory_gets_past_preflight_to_the_recorder(runner: NoSshRunner) -> None:
+@pytest.mark.parametrize("form", ["three apps", "one app"])
+def test_the_good_lab_inventory_gets_past_preflight_to_the_recorder(
+    form: str, runner: NoSshRunner, one_app_runner: NoSshRunner
+) -> None:
     # Without this, "no ssh attempt" could mean a recorder that sees nothing.
-    result = runner.run("site.yml")
+    result = (runner if form == "three apps" else one_app_runner).run("site.yml")
     assert result.run.rc != 0
     print(result.run.recap)
     # site.yml's first play after preflight checks the deploy lock on the lock host (app1)
