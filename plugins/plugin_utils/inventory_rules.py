@@ -293,6 +293,17 @@ def rule_problems(
                 "a non-empty password, e.g. {name: notes, owner: notes, password: '<a vault_ variable>'}; "
                 f"incomplete: {', '.join(bad)} (passwords not shown)"
             )
+    if (
+        "db" in groups
+        and text(get("pgbackrest_enabled", True)).lower() not in ("false", "no", "0")
+        and len(text(get("pgbackrest_cipher_pass", "") or "")) < 20
+    ):
+        out.append(
+            "pgbackrest_cipher_pass: expected the backups' repository passphrase on every db host, at "
+            "least 20 characters from the vault (e.g. pgbackrest_cipher_pass: '{{ "
+            "vault_pgbackrest_cipher_pass }}'), or pgbackrest_enabled: false for a database without "
+            "backups; it is shorter or not set (value not shown)"
+        )
     if defined("base_firewall_ssh_sources"):
         sources = get("base_firewall_ssh_sources", "any")
         ok = sources == "any" or (

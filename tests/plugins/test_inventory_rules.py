@@ -139,6 +139,7 @@ GOOD_RULES: dict[str, Any] = {
     "nginx_server_names": ["app.example.com"],
     "certbot_email": "ops@example.com",
     "postgresql_databases": [{"name": "notes", "owner": "notes", "password": "s3cret-db"}],
+    "pgbackrest_cipher_pass": "a-repository-passphrase-of-some-length",
     "base_firewall_ssh_sources": ["198.51.100.0/24"],
     "nginx_upstream_servers": ["10.0.0.31:8000"],
     "nginx_rate_limit_zones": [{"name": "perip", "rate": "10r/s"}],
@@ -192,7 +193,15 @@ BAD_RULES: list[tuple[str, dict[str, Any], str]] = [
      "name, user, password (e.g. {POSTGRES_SERVER: host}); got POSTGRES_SERVER: hostname"),
     ("app-database-password", {"fastapi_app_database": {"name": "shop"}},
      "fastapi_app_database: expected a password"),
+    ("backup-passphrase", {"pgbackrest_cipher_pass": "short"},
+     "pgbackrest_cipher_pass: expected the backups' repository passphrase on every db host"),
 ]  # fmt: skip
+
+
+def test_a_database_without_backups_is_a_choice_the_inventory_states() -> None:
+    unset = {k: v for k, v in GOOD_RULES.items() if k != "pgbackrest_cipher_pass"}
+    assert any(p.startswith("pgbackrest_cipher_pass") for p in Vars(unset).problems(ALL))
+    assert Vars({**unset, "pgbackrest_enabled": False}).problems(ALL) == []
 
 
 @pytest.mark.parametrize(
