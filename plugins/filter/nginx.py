@@ -10,6 +10,10 @@ from collections.abc import Mapping
 from typing import Any
 
 from ansible.errors import AnsibleFilterError
+from ansible_collections.fastapi_metal.stack.plugins.plugin_utils.inventory_rules import FORMS
+
+# An upstream server as the inventory's nginx_upstream_servers must spell it.
+SERVER = next(f for f in FORMS if f.var == "nginx_upstream_servers")
 
 NAME = r"^[a-z][a-z0-9_-]{0,31}$"
 EXAMPLE = "e.g. [{name: notes, server_names: [notes.example.com], servers: ['10.0.0.31:8000']}]"
@@ -47,6 +51,12 @@ def nginx_sites(
             raise AnsibleFilterError(
                 f"nginx_sites: expected the upstream servers of site {name} (servers, e.g. "
                 f"['10.0.0.31:8000']); got {servers!r} (no host in the 'app' group?)"
+            )
+        bad = [str(server) for server in servers if not re.match(SERVER.match, str(server))]
+        if bad:
+            raise AnsibleFilterError(
+                f"nginx_sites: expected the servers of site {name} as {SERVER.expect}; "
+                f"got {', '.join(bad)}"
             )
         for server_name in names:
             if server_name in owner:

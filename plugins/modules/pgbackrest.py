@@ -13,7 +13,9 @@ description:
     C(pgbackrest info --output=json) (backups with their type, label, start and stop times).
   - C(stanza) creates the stanza when the repository has none (changed), else changes nothing.
   - C(check) verifies that PostgreSQL archives WAL into the repository (fails with pgBackRest's
-    reason); it never changes anything.
+    reason); it changes nothing but the WAL segment it switches, and in check mode does not run.
+  - In check mode before pgBackRest is installed, C(stanza) and C(backup) report a change and
+    run nothing.
   - C(backup) takes a backup of O(type); with O(only_if_none), only when the stanza has no
     backup yet (the first converge).
 options:
@@ -131,6 +133,12 @@ def main() -> None:
     p = module.params
     name = p["stanza"]
     t0 = time.monotonic()
+    if module.check_mode and not module.get_bin_path("pgbackrest"):
+        # A preview before the role installed pgBackRest: the stanza and a backup would be made.
+        module.exit_json(
+            changed=p["command"] in ("stanza", "backup"), backups=[], status={}, seconds=0.0,
+            msg="pgbackrest is not installed yet (check mode)",
+        )  # fmt: skip
     state = info(module, name)
     # Code 1: "missing stanza path" - the repository has no stanza yet.
     missing = not state or state.get("status", {}).get("code") == 1
@@ -148,7 +156,7 @@ def main() -> None:
         module.fail_json(
             msg=f"pgbackrest: stanza {name} does not exist; create it first (command: stanza)"
         )
-    elif p["command"] == "check":
+    elif p["command"] == "check" and not module.check_mode:  # check switches the WAL segment
         rc, out, err = run(module, f"--stanza={name}", "check")
         if rc != 0:
             module.fail_json(

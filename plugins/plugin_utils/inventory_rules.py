@@ -105,6 +105,12 @@ FORMS: tuple[Form, ...] = (
     Form("nginx_upstream_servers", "lb", r"^(unix:/\S+|\[[0-9A-Fa-f:.]+\]:\d+|[A-Za-z0-9_.-]+:\d+)$",
          "upstream servers as host:port or unix:/path (e.g. ['10.0.0.31:8000', 'unix:/run/app/app.sock'])",
          each=True),
+    Form("pgbackrest_stanza", "db", r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$",
+         "a name of letters, digits, - and _ (e.g. main)"),
+    Form("pgbackrest_repo_path", "db", r"^/\S*$", "an absolute path (e.g. /var/lib/pgbackrest)"),
+    Form("pgbackrest_retention_full", "db", SECONDS, "an integer >= 1 (e.g. 2)"),
+    Form("pgbackrest_retention_diff", "db", SECONDS, "an integer >= 1 (e.g. 6)"),
+    Form("pgbackrest_process_max", "db", SECONDS, "an integer >= 1 (e.g. 2)"),
     Form("certbot_email", "lb", r"^([^@\s]+@[^@\s]+\.[^@\s]+)?$",
          "the ACME account's contact address, for expiry notices (e.g. ops@example.com)"),
 )  # fmt: skip
@@ -193,7 +199,12 @@ def database_problems(get: Lookup, render_error: Callable[[str], str | None]) ->
     """fastapi_app_database needs a password; fastapi_app_database_env names known parts."""
     out = []
     database = {} if render_error("fastapi_app_database") else get("fastapi_app_database", {}) or {}
-    if isinstance(database, Mapping) and database and not text(database.get("password") or ""):
+    if not isinstance(database, Mapping):
+        out.append(
+            "fastapi_app_database: expected a mapping of the database's parts (e.g. {password: "
+            f"'{{{{ vault_shop_db_password }}}}'}}); got a {type(database).__name__} (value not shown)"
+        )
+    elif isinstance(database, Mapping) and database and not text(database.get("password") or ""):
         out.append(
             "fastapi_app_database: expected a password (e.g. {password: '{{ vault_shop_db_password }}'}); "
             "it has none (value not shown)"
@@ -354,6 +365,11 @@ def rule_problems(
 
 EDGE_KEYS = ("nginx_server_names", "nginx_site")
 SHAPE_VARS = ("fastapi_app_name", "fastapi_app_port", "fastapi_app_listen_unix")
+# A host's own address: per host (host_vars), never one value for every host of an app.
+HOST_ONLY = ("fastapi_app_bind_address",)
+# What an app's nginx_site may change: its locations. Names, servers and certificate paths
+# come from the entry (nginx_server_names, fastapi_app_port), which certbot reads too.
+SITE_KEYS = ("locations", "rate_limit_exempt_locations", "private_locations")
 RUN_VARS = ("fastapi_app_source", "fastapi_app_release", "fastapi_app_rollback_release")
 
 
@@ -394,6 +410,19 @@ def apps_problems(
         if not re.match(FORMS[0].match, name):
             out.append(f"{label}.fastapi_app_name: expected {FORMS[0].expect}; got '{name}'")
         names.append(name)
+        host_only = [k for k in HOST_ONLY if k in entry]
+        if host_only:
+            out.append(
+                f"{label}: expected {', '.join(host_only)} per host (host_vars: each host has its own "
+                "address, which nginx lists for every app), not in an app's entry"
+            )
+        site = entry.get("nginx_site", {})
+        if not isinstance(site, Mapping) or set(map(text, site)) - set(SITE_KEYS):
+            out.append(
+                f"{label}.nginx_site: expected a mapping of {', '.join(SITE_KEYS)} (e.g. "
+                "{rate_limit_exempt_locations: ['= /healthz']}); got "
+                f"{text(site) if not isinstance(site, Mapping) else ', '.join(sorted(map(text, site)))}"
+            )
         unknown = sorted(text(k) for k in entry if k not in known)
         if unknown:
             out.append(

@@ -114,6 +114,10 @@ def test_nginx_sites_fills_in_upstream_certificates_and_locations() -> None:
         ([{**site("notes", "a.example.com"), "servers": []}], "expected the upstream servers"),
         ([site("a", "x.example.com"), site("b", "x.example.com")], "x.example.com is in a and b"),
         ([site("a", "x.example.com"), site("a", "y.example.com")], "a is twice"),
+        (
+            [{**site("notes", "a.example.com"), "servers": ["10.0.0.31"]}],
+            "expected the servers of site notes as upstream servers as host:port or unix:/path",
+        ),
     ],
 )
 def test_nginx_sites_names_what_is_wrong(sites: list[Any], message: str) -> None:
@@ -204,3 +208,37 @@ def test_the_port_an_edge_reads_is_set_in_the_entries_only(where: str) -> None:
         for p in found
     ), found
     assert problems([NOTES, SHOP], **{where: ("fastapi_app_workers",)}) == []  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("entry", "expected"),
+    [
+        ({"fastapi_app_bind_address": "10.0.0.31"},
+         "fastapi_metal_apps[shop]: expected fastapi_app_bind_address per host (host_vars"),
+        ({"nginx_site": "oops"},
+         "fastapi_metal_apps[shop].nginx_site: expected a mapping of locations"),
+        ({"nginx_site": {"certificate": "/x.pem"}},
+         "fastapi_metal_apps[shop].nginx_site: expected a mapping of locations, "
+         "rate_limit_exempt_locations, private_locations (e.g. {rate_limit_exempt_locations: "
+         "['= /healthz']}); got certificate"),
+        ({"fastapi_app_database": "pw"},
+         "fastapi_metal_apps[shop].fastapi_app_database: expected a mapping of the database's "
+         "parts"),
+    ],
+)  # fmt: skip
+def test_what_the_edge_and_the_database_read_has_one_shape(
+    entry: dict[str, Any], expected: str
+) -> None:
+    keys = (*ROLE_KEYS, "fastapi_app_bind_address")
+    found = apps_problems(
+        [NOTES, {**SHOP, **entry}], {}.get, lambda var: False, ("all", "app", "lb"),
+        ["app1"], (), (), keys,
+    )  # fmt: skip
+    assert any(p.startswith(expected) for p in found), found
+    good = {**SHOP, "nginx_site": {"rate_limit_exempt_locations": ["= /healthz"]}}
+    assert (
+        apps_problems(
+            [NOTES, good], {}.get, lambda var: False, ("all", "app", "lb"), ["app1"], (), (), keys
+        )
+        == []
+    )

@@ -52,6 +52,11 @@ GOOD_FORMS: dict[str, Any] = {
     "nginx_private_allowlist": ["192.0.2.7"],
     "nginx_upstream_servers": ["10.0.0.31:8000", "[2001:db8::1]:8000", "unix:/run/app/app.sock"],
     "certbot_email": "ops@example.com",
+    "pgbackrest_stanza": "main",
+    "pgbackrest_repo_path": "/var/lib/pgbackrest",
+    "pgbackrest_retention_full": 2,
+    "pgbackrest_retention_diff": 6,
+    "pgbackrest_process_max": 2,
 }
 
 BAD_FORMS: list[tuple[str, Any, str]] = [
@@ -71,6 +76,9 @@ BAD_FORMS: list[tuple[str, Any, str]] = [
     ("nginx_rate_limit_allowlist", ["192.0.2.300"], "addresses or CIDR ranges"),
     ("nginx_upstream_servers", ["app1"], "host:port or unix:/path"),
     ("certbot_email", "ops", "contact address"),
+    ("pgbackrest_stanza", "my stanza", "a name of letters"),
+    ("pgbackrest_repo_path", "backups", "an absolute path"),
+    ("pgbackrest_retention_full", 0, "an integer >= 1"),
 ]
 
 

@@ -11,6 +11,8 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from tests.helpers.role_defaults import role_defaults
 from tests.lab.ansible_run import ROOT, VENV_BIN, ansible_env
 
@@ -54,3 +56,13 @@ def test_an_entry_wins_over_the_defaults(tmp_path: Path) -> None:
     assert seen["fastapi_app_port"] == 8123
     assert seen["fastapi_app_destructive_patterns"] == ["DROP"]
     assert seen["fastapi_app_keep_releases"] == LITERALS["fastapi_app_keep_releases"]
+
+
+def test_resume_brings_back_every_fact_keep_keeps() -> None:
+    """steps/keep.yml keeps __fastapi_app_run_keys; steps/resume.yml must set each of them (a
+    key in one list only would carry another app's value, or be reset)."""
+    role = ROOT / "roles" / "fastapi_app"
+    keys = yaml.safe_load((role / "vars" / "main.yml").read_text())["__fastapi_app_run_keys"]
+    tasks = yaml.safe_load((role / "tasks" / "steps" / "resume.yml").read_text())
+    resumed = next(t["ansible.builtin.set_fact"] for t in tasks if "ansible.builtin.set_fact" in t)
+    assert sorted(resumed) == sorted(keys)

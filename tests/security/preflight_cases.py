@@ -22,6 +22,7 @@ from typing import Any
 import yaml
 
 from tests.lab.ansible_run import RECAP, ROOT, PlaybookRun, ansible_env
+from tests.lab.topology import LAB_VARS
 
 VENV_BIN = Path(sys.executable).parent
 PREFLIGHT = ROOT / "playbooks" / "preflight.yml"
@@ -274,10 +275,7 @@ CASES: list[Case] = [
 
 # Several apps (the lab's fastapi_metal_apps): each entry checked as an app, and the rules of
 # the list. Run against the lab's own inventory.
-_LAB_APPS: list[dict[str, Any]] = yaml.safe_load((LAB / "group_vars" / "all.yml").read_text())[
-    "fastapi_metal_apps"
-]
-_NOTES, _TYPICAL, _TINY = _LAB_APPS
+_NOTES, _TYPICAL, _TINY = LAB_VARS["fastapi_metal_apps"]
 
 
 APP_CASES: list[Case] = [
@@ -312,11 +310,11 @@ APP_CASES: list[Case] = [
 ]
 
 
-def one_app_inventory(source: Path, dest: Path) -> Path:
-    """The lab as an inventory of one app (the form the matrix above is written for): the first
-    app of fastapi_metal_apps as the fastapi_app_* variables of group_vars/app.yml, its names as
-    nginx_server_names, its database in postgresql_databases and as DATABASE_URL."""
-    shutil.copytree(source, dest, dirs_exist_ok=True)
+def one_app_inventory(dest: Path) -> Path:
+    """A copy of the lab (copied_inventory) made an inventory of one app, the form the matrix
+    above is written for: the first app of fastapi_metal_apps as the fastapi_app_* variables
+    of group_vars/app.yml, its names as nginx_server_names, its database in
+    postgresql_databases and as DATABASE_URL."""
     group_vars = dest / "group_vars"
     everything = _load(group_vars / "all.yml")
     app = dict(everything.pop("fastapi_metal_apps")[0])

@@ -63,7 +63,7 @@ def runner(tmp_path_factory: pytest.TempPathFactory) -> NoSshRunner:
 def one_app_runner(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NoSshRunner]:
     """The matrix is written for an inventory of one app: the lab's first app, alone."""
     with copied_inventory(LAB) as scratch:
-        inventory = one_app_inventory(LAB, scratch)
+        inventory = one_app_inventory(scratch)
         yield NoSshRunner(tmp_path_factory.mktemp("nossh-one-app"), inventory)
 
 

@@ -11,6 +11,7 @@ import shutil
 import socket
 import ssl
 import subprocess
+import time
 from pathlib import Path
 from typing import Any
 
@@ -199,3 +200,32 @@ def test_a_rollback_of_one_app_under_load_restores_it_alone(pebble_roots: Path) 
         for other in ("notes", "tiny"):
             assert after[(host, other)] == before[(host, other)], f"{other} restarted on {host}"
     assert result.sent >= 250 and result.failed == 0, result.summary()
+
+
+def test_a_converge_that_changes_one_apps_settings_restarts_that_app_alone(
+    pebble_roots: Path,
+) -> None:
+    """site.yml runs every app through the same plays, one after the other: a setting of
+    typical changed (its env) restarts typical on every host and neither notes nor tiny,
+    whose runs share the hosts and plays; the next converge puts it back the same way."""
+    banner = "converge-" + str(int(time.time()))
+    changed = [
+        {**app, "fastapi_app_env": {**app.get("fastapi_app_env", {}), "BANNER": banner}}
+        if app["fastapi_app_name"] == "typical" else app
+        for app in LAB_VARS["fastapi_metal_apps"]
+    ]  # fmt: skip
+
+    def banner_served() -> str:
+        out = https(NAMES["typical"], "/api/v1/utils/banner/", pebble_roots)
+        return str(json.loads(out.stdout)["banner"])
+
+    for extra in ({"fastapi_metal_apps": changed}, None):
+        before = {(h, a): started(h, a) for h in APP_HOSTS for a in NAMES}
+        run = run_playbook("site.yml", extra=extra)
+        assert run.rc == 0, run.tail()
+        after = {(h, a): started(h, a) for h in APP_HOSTS for a in NAMES}
+        for host in APP_HOSTS:
+            assert after[(host, "typical")] != before[(host, "typical")], f"typical on {host}"
+            for other in ("notes", "tiny"):
+                assert after[(host, other)] == before[(host, other)], f"{other} restarted on {host}"
+        assert (banner_served() == banner) == (extra is not None)
