@@ -111,6 +111,12 @@ FORMS: tuple[Form, ...] = (
     Form("pgbackrest_retention_full", "db", SECONDS, "an integer >= 1 (e.g. 2)"),
     Form("pgbackrest_retention_diff", "db", SECONDS, "an integer >= 1 (e.g. 6)"),
     Form("pgbackrest_process_max", "db", SECONDS, "an integer >= 1 (e.g. 2)"),
+    Form("pgbackrest_restore_set", "db", r"^(\d{8}-\d{6}F(_\d{8}-\d{6}[DI])?)?$",
+         "a backup's label as the audit line or `pgbackrest info` shows it "
+         "(e.g. 20261204-203801F or 20261204-203801F_20261204-210102I)"),
+    Form("pgbackrest_restore_time", "db",
+         r"^(\d{4}-\d{2}-\d{2}[ T]\d{2}:\d{2}:\d{2}(\.\d+)?([+-]\d{2}(:?\d{2})?|Z))?$",
+         "a moment with its time zone (e.g. '2026-12-04 21:05:00+00')"),
     Form("certbot_email", "lb", r"^([^@\s]+@[^@\s]+\.[^@\s]+)?$",
          "the ACME account's contact address, for expiry notices (e.g. ops@example.com)"),
 )  # fmt: skip

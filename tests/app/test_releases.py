@@ -87,6 +87,7 @@ def releases(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         "D": make_release(root / "d", ["additive", "failing-migration"], "0.5.0"),
         "E": make_release(root / "e", ["additive", "destructive"], "0.6.0"),
         "F": make_release(root / "f", ["additive", "renaming"], "0.7.0"),
+        "G": make_release(root / "g", ["additive", "data-loss"], "0.8.0"),
     }
 
 
@@ -249,6 +250,23 @@ def test_the_deploy_roles_scan_flags_exactly_the_destructive_variants(
         "E": ["ALTER TABLE notes DROP COLUMN color;"],
         "F": ["ALTER TABLE notes RENAME color TO color_renamed;"],
     }
+
+
+def test_a_data_loss_migration_passes_the_scan_and_deletes_every_note(
+    releases: dict[str, Path], database_url: str, repo_root: Path
+) -> None:
+    """What only a restore undoes: the schema scan lets it through, and the notes are gone."""
+    assert _migrate(releases["B"], "upgrade", database_url=database_url).returncode == 0
+    with psycopg.connect(_psycopg_url(database_url)) as connection:
+        connection.execute("INSERT INTO notes (title) VALUES ('kept?')")
+    plan = _migrate(releases["G"], "plan", database_url=database_url)
+    assert "DELETE FROM notes;" in plan.stdout, plan.stdout
+    scan = _role_destructive_patterns(repo_root)
+    assert not [line for line in plan.stdout.splitlines() if scan.search(line)]
+    assert _migrate(releases["G"], "upgrade", database_url=database_url).returncode == 0
+    with psycopg.connect(_psycopg_url(database_url)) as connection:
+        assert connection.execute("SELECT count(*) FROM notes").fetchone() == (0,)
+    assert _version(database_url) == ["0004"]
 
 
 def test_destructive_without_additive_drops_an_existing_column(tmp_path: Path) -> None:

@@ -39,6 +39,9 @@ head. The variants:
     A new revision that drops a column: ``notes.color`` when "additive" came before it in the
     same build, else ``notes.pinned`` (which the code uses: never let that one run). Its SQL
     contains ``DROP COLUMN``; a deploy tool's plan scan must refuse it.
+``data-loss``
+    A new revision that succeeds and deletes every note (a botched data cleanup: its SQL is a
+    ``DELETE``, which no schema scan calls destructive). Only a restore brings the rows back.
 ``renaming``
     A new revision that renames a column (the same choice of column as "destructive") with
     ``op.alter_column(new_column_name=...)``; its SQL contains ``RENAME``.
@@ -68,7 +71,10 @@ from typing import Any
 from packaging.version import InvalidVersion, Version
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-KINDS = ("base", "additive", "broken-health", "failing-migration", "destructive", "renaming")
+KINDS = (
+    "base", "additive", "broken-health", "failing-migration", "destructive", "renaming",
+    "data-loss",
+)  # fmt: skip
 INFO_FILE = "lab-release.json"
 
 #: The column "additive" adds; "destructive"/"renaming" act on it when it is there.
@@ -403,6 +409,17 @@ def _renaming(build: _Build) -> None:
     build.info.columns["renaming"] = column
 
 
+def _data_loss(build: _Build) -> None:
+    _add_revision(
+        build,
+        "data-loss",
+        "lab_cleanup_notes",
+        "A data cleanup gone wrong: it deletes every note (its schema is untouched).",
+        'op.execute("DELETE FROM notes")',
+        "pass  # the rows are gone: only a restore brings them back",
+    )
+
+
 def _broken_health(build: _Build) -> None:
     main = build.app_dir / "main.py"
     text = main.read_text()
@@ -430,6 +447,7 @@ _VARIANTS: dict[str, Callable[[_Build], None]] = {
     "failing-migration": _failing_migration,
     "destructive": _destructive,
     "renaming": _renaming,
+    "data-loss": _data_loss,
 }
 
 
