@@ -78,6 +78,17 @@ def db1_sql(query: str) -> str:
     ).stdout.strip()
 
 
+def archive_lag() -> float:
+    """Seconds from the end of a WAL segment (a switch, after writes) to pgBackRest holding it:
+    PostgreSQL's archiver reports it archived only once archive-push returned."""
+    segment = db1_sql("SELECT pg_walfile_name(pg_switch_wal())")
+    started = time.monotonic()
+    while db1_sql("SELECT coalesce(last_archived_wal, '') FROM pg_stat_archiver") < segment:
+        assert time.monotonic() - started < 60, f"{segment} was not archived within 60 s"
+        time.sleep(0.05)
+    return round(time.monotonic() - started, 2)
+
+
 def last_restore() -> dict[str, Any]:
     line = lab_exec("db1", f"tail -n 1 {RECORD}").stdout
     restored: dict[str, Any] = json.loads(line)
@@ -117,6 +128,7 @@ def test_b_a_restore_to_a_moment_brings_back_exactly_the_rows_written_before_it(
 ) -> None:
     tag, n, m, k = f"pitr{secrets.token_hex(3)}", 20, 10, 5
     write(tag, "n", n, pebble_roots)
+    lag = archive_lag()
     started = time.monotonic()
     lab_exec("db1", "systemctl start pgbackrest-backup@diff.service")  # what the daily timer runs
     backup_s = round(time.monotonic() - started, 2)
@@ -142,6 +154,7 @@ def test_b_a_restore_to_a_moment_brings_back_exactly_the_rows_written_before_it(
         assert (hold["action"], hold["outcome"]) == ("hold", "success"), hold
         assert restored["set"] in hold["message"], hold
     record(
+        wal_archive_lag_s=lag,
         pitr_backup_diff_s=backup_s,
         pitr_restore_playbook_s=round(run.seconds, 1),
         pitr_restore_phases_s=restored["seconds"],
