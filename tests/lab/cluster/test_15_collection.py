@@ -76,6 +76,7 @@ def test_the_collection_builds_installs_and_converges_the_lab_from_its_own_repos
     assert not local, f"the artifact holds the checkout's local state: {local[:5]}"
     wanted = (
         "playbooks/site.yml", "playbooks/rolling_upgrade.yml", "playbooks/rollback.yml",
+        "playbooks/restore.yml",
         "roles/fastapi_app/meta/argument_specs.yml", "roles/nginx/files/fastapi-metal-nginx",
         "meta/runtime.yml", "plugins/modules/nginx_upstream.py",
         "plugins/module_utils/nginx_ops.py",
