@@ -218,7 +218,7 @@ def restore_plan(module: AnsibleModule, known: list[dict[str, Any]]) -> dict[str
                 msg=f"pgbackrest: target_time {target!r} is not a moment with its time zone; "
                 + example
             )
-        assert when is not None
+            return {}  # fail_json exits; this line is for the type checker
         epoch = when.timestamp()
         if epoch > time.time():
             module.fail_json(msg=f"pgbackrest: target_time {target!r} is in the future")
@@ -259,9 +259,9 @@ def restore(module: AnsibleModule, plan: dict[str, Any]) -> dict[str, Any]:
 
     t0 = time.monotonic()
     before: int | None = None
-    rc, _, _ = module.run_command(["systemctl", "is-active", "--quiet", service])
+    rc = module.run_command(["systemctl", "is-active", "--quiet", service])[0]
     if rc == 0:
-        _, timeline = sql(module, p["port"], "SELECT timeline_id FROM pg_control_checkpoint()")
+        timeline = sql(module, p["port"], "SELECT timeline_id FROM pg_control_checkpoint()")[1]
         before = int(timeline) if timeline.isdigit() else None
         # What was written up to now reaches the repository (a moment a minute ago may still
         # sit in the segment PostgreSQL is writing): check switches the segment and waits.
@@ -293,7 +293,7 @@ def restore(module: AnsibleModule, plan: dict[str, Any]) -> dict[str, Any]:
     t0 = time.monotonic()
     rc, out, err = module.run_command(["systemctl", "start", service])
     if rc != 0:
-        _, journal, _ = module.run_command(["journalctl", "-u", service, "-n", "30", "--no-pager"])
+        journal = module.run_command(["journalctl", "-u", service, "-n", "30", "--no-pager"])[1]
         module.fail_json(msg=f"{service} did not start after the restore: {err}\n{journal}")
     deadline = time.monotonic() + p["timeout"]
     while True:
@@ -307,7 +307,7 @@ def restore(module: AnsibleModule, plan: dict[str, Any]) -> dict[str, Any]:
             )
         time.sleep(0.3)
     lap("recovery", t0)
-    _, timeline = sql(module, p["port"], "SELECT timeline_id FROM pg_control_checkpoint()")
+    timeline = sql(module, p["port"], "SELECT timeline_id FROM pg_control_checkpoint()")[1]
     done = {
         **plan,
         "timeline_before": before,
