@@ -22,8 +22,13 @@ another Python or on another machine type may not install there.
 
 The release id defaults to ``<version>-<key>``, where the key hashes the app wheel's
 content, the constraints, the pins, the files and the builder: the same code gives the same
-id, so a second run finds the tarball and builds nothing. The result (and the command's one
-JSON line): release, package, version, tarball, wheels, key, pins, python, changed.
+id, so a second run finds the tarball and builds nothing. Building the app's wheel to learn
+that key costs pip a few seconds of CPU: a project directory whose files (``git ls-files``
+in a work tree: tracked and untracked, not ignored; else every file but build output and
+tool caches) and inputs are byte for byte those of a cached build is found without pip.
+A project whose version comes from version control (setuptools-scm, hatch-vcs...) always
+runs pip. The result (and the command's one JSON line): release, package, version,
+tarball, wheels, key, pins, python, changed.
 """
 
 from __future__ import annotations
@@ -44,7 +49,7 @@ import tomllib
 import zipfile
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 SAFE_RELEASE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 WHEEL_NAME = re.compile(r"^(?P<name>[^-]+)-(?P<version>[^-]+)(-\d[^-]*)?-[^-]+-[^-]+-[^-]+\.whl$")
@@ -250,6 +255,61 @@ def check_pythons(
         )
 
 
+#: Directories that hold build output or tool caches, never a project's source.
+NOT_SOURCE = {
+    "__pycache__", "build", "dist", "node_modules", "venv", ".venv", ".git", ".hg", ".svn",
+    ".tox", ".nox", ".mypy_cache", ".ruff_cache", ".pytest_cache", ".cache", ".eggs",
+}  # fmt: skip
+#: A version computed from version control: the tree alone does not say the wheel's version.
+VCS_VERSION = re.compile(r"setuptools[_-]scm|hatch[_-]vcs|versioningit|dunamai|pdm[_-]backend.*scm")
+
+
+def source_listing(project: Path) -> list[str]:
+    """The project's files, relative: git's view of the work tree, else a walk."""
+    try:
+        out = subprocess.run(
+            ["git", "-C", str(project), "ls-files", "-z", "-co", "--exclude-standard"],
+            capture_output=True, check=True,
+        )  # fmt: skip
+        return sorted({name for name in out.stdout.decode().split("\0") if name})
+    except (OSError, subprocess.CalledProcessError):
+        pass
+    found: list[str] = []
+    for root, dirs, names in os.walk(project):
+        dirs[:] = [d for d in dirs if d not in NOT_SOURCE and not d.endswith(".egg-info")]
+        rel = Path(root).relative_to(project)
+        found += [(rel / name).as_posix() for name in names]
+    return sorted(found)
+
+
+def source_fingerprint(project: Path) -> str | None:
+    """A hash of the project's files (paths, modes, bytes), or None when the tree alone does
+    not decide the wheel (a version from version control)."""
+    pyproject = project / "pyproject.toml"
+    setup = [
+        project / n for n in ("pyproject.toml", "setup.cfg", "setup.py") if (project / n).is_file()
+    ]
+    if any(VCS_VERSION.search(p.read_text(errors="replace")) for p in setup) or not (
+        pyproject.is_file() or (project / "setup.py").is_file()
+    ):
+        return None
+    digest = hashlib.sha256(b"source 1")
+    for rel in source_listing(project):
+        path = project / rel
+        digest.update(rel.encode() + b"\0")
+        if path.is_symlink():
+            digest.update(b"link " + os.readlink(path).encode())
+        elif path.is_file():
+            digest.update(b"exec " if os.access(path, os.X_OK) else b"file ")
+            with path.open("rb") as handle:
+                for block in iter(lambda: handle.read(1 << 20), b""):
+                    digest.update(block)
+        else:
+            digest.update(b"missing")
+        digest.update(b"\0")
+    return digest.hexdigest()
+
+
 def project_files(project: Path | None, files: Sequence[str]) -> list[tuple[Path, str]]:
     """The files the release carries: (path on the controller, path in the release)."""
     if not files:
@@ -349,6 +409,28 @@ def build(
     if release_id and (cache / f"{release_id}.tar.gz").exists():
         return {**json.loads((cache / f"{release_id}.json").read_text()), "changed": False}
 
+    def add_inputs(digest: Any) -> None:
+        """Everything but the app's wheel that goes into the key (in the key's order)."""
+        if constraints:
+            digest.update(constraints.read_bytes())
+        digest.update("\n".join(pins).encode())
+        for path, rel in shipped:
+            digest.update(rel.encode() + b"\0" + path.read_bytes() + b"\0")
+        digest.update("\n".join(sorted(server)).encode())
+        digest.update(f"{builder}".encode())
+
+    # The same project files and inputs as a cached build: that build, without pip.
+    fingerprint = source_fingerprint(project) if project is not None else None
+    memo = None
+    if fingerprint is not None:
+        inputs = hashlib.sha256(fingerprint.encode())
+        add_inputs(inputs)
+        memo = cache / f"src-{inputs.hexdigest()}.json"
+        if memo.exists() and not release_id:
+            known = json.loads(memo.read_text())
+            if Path(known["tarball"]).exists():
+                return {**known, "changed": False}
+
     with tempfile.TemporaryDirectory(prefix="fastapi-metal-build-") as tmp:
         work = Path(tmp)
         wheel, target = app_wheel(source, work, python)
@@ -359,19 +441,15 @@ def build(
         else:
             package, version = requirement_name(target), ""
             key.update(target.encode())
-        if constraints:
-            key.update(constraints.read_bytes())
-        key.update("\n".join(pins).encode())
-        for path, rel in shipped:
-            key.update(rel.encode() + b"\0" + path.read_bytes() + b"\0")
-        key.update("\n".join(sorted(server)).encode())
-        key.update(f"{builder}".encode())
+        add_inputs(key)
         digest = key.hexdigest()
 
         index = cache / f"key-{digest}.json"
         if index.exists() and not release_id:
             known = json.loads(index.read_text())
             if Path(known["tarball"]).exists():
+                if memo is not None:
+                    memo.write_text(json.dumps(known) + "\n")
                 return {**known, "changed": False}
 
         house = work / "wheelhouse"
@@ -416,6 +494,8 @@ def build(
         os.replace(partial, cache / f"{release}.tar.gz")
         (cache / f"{release}.json").write_text(json.dumps(meta) + "\n")
         index.write_text(json.dumps(meta) + "\n")
+        if memo is not None and not release_id:
+            memo.write_text(json.dumps(meta) + "\n")
         return {**meta, "changed": True}
 
 

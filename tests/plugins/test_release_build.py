@@ -222,3 +222,52 @@ def test_a_project_the_hosts_cannot_run_is_refused_before_pip_runs(tmp_path: Pat
     )
     with pytest.raises(build.BuildError, match=r"requires Python >=3\.12 .*fastapi_app_python"):
         build.build("p", str(project), str(tmp_path / "c"), hosts_python=["3.11.2"])
+
+
+def tiny_project(path: Path, body: str = "X = 1\n", pyproject_extra: str = "") -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    (path / "pyproject.toml").write_text(
+        '[build-system]\nrequires = ["setuptools>=69"]\nbuild-backend = "setuptools.build_meta"\n'
+        '[project]\nname = "tinyproj"\nversion = "1.0"\n'
+        "[tool.setuptools]\npy-modules = ['tinyproj']\n" + pyproject_extra
+    )
+    (path / "tinyproj.py").write_text(body)
+    return path
+
+
+def no_pip(*args: object, **kwargs: object) -> None:
+    raise AssertionError(f"pip ran: {args}")
+
+
+@pytest.mark.parametrize("git", [False, True], ids=["plain-directory", "git-work-tree"])
+def test_an_unchanged_project_is_found_in_the_cache_without_pip(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, git: bool
+) -> None:
+    project = tiny_project(tmp_path / "proj")
+    if git:
+        (project / ".gitignore").write_text("build/\n*.egg-info/\n__pycache__/\nlocal.db\n")
+        subprocess.run(["git", "init", "-q", str(project)], check=True)
+    cache = str(tmp_path / "cache")
+    first = build.build("p", str(project), cache)
+    assert first["changed"] is True
+    # What a build or a run leaves in the tree is not source: still found without pip.
+    (project / "build" / "lib").mkdir(parents=True, exist_ok=True)
+    (project / "__pycache__").mkdir(exist_ok=True)
+    (project / "__pycache__" / "tinyproj.cpython-311.pyc").write_bytes(b"\0")
+    if git:
+        (project / "local.db").write_bytes(b"ignored by git")
+    monkeypatch.setattr(build, "pip", no_pip)
+    assert build.build("p", str(project), cache) == {**first, "changed": False}
+    # One byte of source changed, same size: pip runs, another release.
+    (project / "tinyproj.py").write_text("X = 2\n")
+    with pytest.raises(AssertionError, match="pip ran"):
+        build.build("p", str(project), cache)
+    monkeypatch.undo()
+    second = build.build("p", str(project), cache)
+    assert second["changed"] is True and second["release"] != first["release"]
+
+
+def test_a_version_from_version_control_always_runs_pip(tmp_path: Path) -> None:
+    project = tiny_project(tmp_path / "scm", pyproject_extra="[tool.setuptools_scm]\n")
+    assert build.source_fingerprint(project) is None
+    assert build.source_fingerprint(tiny_project(tmp_path / "plain")) is not None
