@@ -24,7 +24,9 @@ description:
     before the oldest backup fail before anything stops); while PostgreSQL runs, it pushes the
     WAL written so far into the repository (C(pgbackrest check)); then it stops O(service),
     restores (C(--delta)), starts it, waits for the end of recovery and appends a JSON line
-    saying what was restored to O(record). In check mode it validates and reports the plan.
+    saying what was restored to O(record). In check mode it validates the request, proves
+    that WAL reaches the repository (C(pgbackrest check), which switches a WAL segment) and
+    reports the plan.
 options:
   command:
     description: What to do.
@@ -249,6 +251,20 @@ def sql(module: AnsibleModule, port: int, query: str) -> tuple[int, str]:
     return rc, (out if rc == 0 else err).strip()
 
 
+def archiving(module: AnsibleModule) -> None:
+    """Before anything stops: while PostgreSQL runs, WAL must reach the repository (the
+    restore pushes what was written last), else fail now. It switches one WAL segment."""
+    p = module.params
+    if module.run_command(["systemctl", "is-active", "--quiet", p["service"]])[0] != 0:
+        return
+    rc, out, err = run(module, f"--stanza={p['stanza']}", "check")
+    if rc != 0:
+        module.fail_json(
+            msg=f"pgbackrest check failed (rc {rc}): WAL does not reach the repository, so the "
+            f"latest writes could not be kept; nothing was stopped. {err or out}"
+        )
+
+
 def restore(module: AnsibleModule, plan: dict[str, Any]) -> dict[str, Any]:
     p = module.params
     stanza, service = p["stanza"], p["service"]
@@ -354,6 +370,8 @@ def main() -> None:
     state = info(module, name)
     if p["command"] == "restore":
         plan = restore_plan(module, backups(state))
+        if module.check_mode:
+            archiving(module)
         done = plan if module.check_mode else restore(module, plan)
         module.exit_json(
             changed=True, backups=backups(state), status=state.get("status", {}),
