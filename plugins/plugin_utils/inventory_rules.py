@@ -111,6 +111,10 @@ FORMS: tuple[Form, ...] = (
     Form("pgbackrest_retention_full", "db", SECONDS, "an integer >= 1 (e.g. 2)"),
     Form("pgbackrest_retention_diff", "db", SECONDS, "an integer >= 1 (e.g. 6)"),
     Form("pgbackrest_process_max", "db", SECONDS, "an integer >= 1 (e.g. 2)"),
+    Form("pgbackrest_before_migrate", "db", r"(?i)^(true|false|yes|no|on|off|1|0)$",
+         "true or false (e.g. -e pgbackrest_before_migrate=false to deploy without the backup)"),
+    Form("pgbackrest_before_migrate_type", "db", r"^(full|diff|incr)$",
+         "the type of the backup before a migration: full, diff or incr (e.g. incr)"),
     Form("pgbackrest_restore_set", "db", r"^(\d{8}-\d{6}F(_\d{8}-\d{6}[DI])?)?$",
          "a backup's label as the audit line or `pgbackrest info` shows it "
          "(e.g. 20261204-203801F or 20261204-203801F_20261204-210102I)"),

@@ -58,6 +58,8 @@ GOOD_FORMS: dict[str, Any] = {
     "pgbackrest_retention_diff": 6,
     "pgbackrest_process_max": 2,
     "pgbackrest_restore_set": "20261204-203801F_20261204-210102I",
+    "pgbackrest_before_migrate": False,
+    "pgbackrest_before_migrate_type": "incr",
     "pgbackrest_restore_time": "2026-12-04 21:05:00.123+00",
 }
 
@@ -82,6 +84,8 @@ BAD_FORMS: list[tuple[str, Any, str]] = [
     ("pgbackrest_repo_path", "backups", "an absolute path"),
     ("pgbackrest_retention_full", 0, "an integer >= 1"),
     ("pgbackrest_restore_set", "latest", "a backup's label"),
+    ("pgbackrest_before_migrate", "maybe", "true or false"),
+    ("pgbackrest_before_migrate_type", "incremental", "full, diff or incr"),
     ("pgbackrest_restore_time", "2026-12-04 21:05", "a moment with its time zone"),
 ]
 
