@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import secrets
-import subprocess
 import time
 from pathlib import Path
 from typing import Any
@@ -16,10 +15,10 @@ from typing import Any
 import pytest
 
 from tests.lab.ansible_run import ROOT, lab_exec, run_playbook
-from tests.lab.cluster.conftest import SITE, edge, edge_json
+from tests.lab.cluster.conftest import edge, edge_json
 from tests.lab.cluster.test_20_rolling import audit_lines, build, current_release, db_revision
 from tests.lab.releases import make_release
-from tests.lab.topology import APP_HOSTS, LB_IP
+from tests.lab.topology import APP_HOSTS
 
 RESULTS = ROOT / ".lab" / "results" / "restore-drill.json"
 RECORD = "/var/log/pgbackrest/fastapi-metal-restores.jsonl"
@@ -36,11 +35,9 @@ def record(**values: Any) -> None:
 
 def post_note(title: str, roots: Path) -> None:
     """One note through the edge, as a client writes it (201 or the test fails)."""
-    out = subprocess.run(
-        ["curl", "-s", "-m", "10", "-o", "/dev/null", "-w", "%{http_code}", "--cacert", str(roots),
-         "--resolve", f"{SITE}:443:{LB_IP}", "-H", "content-type: application/json",
-         "-d", json.dumps({"title": title}), f"https://{SITE}/notes"],
-        capture_output=True, text=True, check=False,
+    out = edge(
+        "/notes", roots, "-o", "/dev/null", "-w", "%{http_code}",
+        "-H", "content-type: application/json", "-d", json.dumps({"title": title}),
     )  # fmt: skip
     assert out.stdout == "201", (title, out.stdout, out.stderr)
 
@@ -223,3 +220,25 @@ def test_d_the_backup_before_migrating_can_be_skipped_and_the_audit_says_so() ->
         "label": None,
         "skipped": "pgbackrest_before_migrate=false",
     }
+
+
+def test_e_an_app_failing_its_gate_after_a_restore_is_released_and_named(
+    pebble_roots: Path,
+) -> None:
+    """The gate's failure path: every app still started, every lock released, the run fails
+    naming each app, and the audit says so. (A gate path no app answers stands in for an app
+    that does not come back.)"""
+    run = run_playbook(
+        "restore.yml",
+        extra={**CONFIRM, "fastapi_app_rollback_health_path": "/no-such-health-route",
+               "fastapi_app_health_timeout": 3},
+    )  # fmt: skip
+    assert run.rc != 0, run.output[-3000:]
+    assert "fail their health gate (their deploy locks are released)" in run.output
+    # notes and typical answer 404 there; tiny answers every path (a bare ASGI app): it passes.
+    for app in ("notes", "typical"):
+        assert f'"{app}":' in run.output, app
+    assert '"tiny":' not in run.output
+    healthy(pebble_roots)  # the apps run and no lock is left
+    hold = audit_lines("app1")[-1]
+    assert (hold["action"], hold["outcome"]) == ("hold", "failed"), hold
