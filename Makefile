@@ -54,7 +54,16 @@ $(STAMPS)/sslyze: $(STAMPS)/apt
 	.venv-sslyze/bin/pip install -q 'sslyze==6.3.1'
 	touch $@
 
-setup: $(STAMPS)/venv $(STAMPS)/sslyze  ## Install apt packages, the project venv (.venv) and sslyze's
+# promtool, for the alert rules' unit tests: Debian's prometheus package (the version the
+# monitoring hosts run) unpacked under .lab/promtool, so no Prometheus runs on this machine.
+$(STAMPS)/promtool: $(STAMPS)/apt
+	rm -rf .lab/promtool && mkdir -p .lab/promtool
+	cd .lab/promtool && apt-get download -qq prometheus 2>/dev/null && dpkg -x prometheus_*.deb root
+	$(CURDIR)/.lab/promtool/root/usr/bin/promtool --version
+	cd $(CURDIR)
+	touch $@
+
+setup: $(STAMPS)/venv $(STAMPS)/sslyze $(STAMPS)/promtool  ## Install apt packages, the project venv (.venv), sslyze's venv and promtool
 
 lab-up: setup  ## Build the lab image (cached) and bring the lab hosts up
 	$(PYTHON) lab/lab.py up
@@ -98,8 +107,8 @@ sanity: setup  ## ansible-test sanity on the collection (pylint, validate-module
 	cd $$dest && git init -q . && git add -A
 	$(CURDIR)/$(BIN)/ansible-test sanity --python 3.11 --skip-test pslint
 
-test-app: setup  ## pytest: the service against a real PostgreSQL, the static security checks, the modules
-	$(BIN)/pytest tests/app tests/security tests/roles tests/plugins tests/tools tests/lab --ignore=tests/lab/cluster -q
+test-app: setup  ## pytest: the service against a real PostgreSQL, the static security checks, the modules, the alert rules (promtool)
+	$(BIN)/pytest tests/app tests/security tests/roles tests/plugins tests/tools tests/monitoring tests/lab --ignore=tests/lab/cluster -q
 
 test-molecule: setup  ## molecule test for every scenario in MOLECULE_SCENARIOS
 	$(PYTHON) lab/lab.py image

@@ -68,6 +68,7 @@ def hosts(apps: int) -> list[Host]:
         Host("acme", f"{p}.5", ACME_IMAGE, ("acme.lab.test",)),
         Host("lb1", f"{p}.10", HOST_IMAGE, tuple(site for site, _path, _answer in SITES)),
         Host("db1", f"{p}.20", HOST_IMAGE),
+        Host("mon1", f"{p}.40", HOST_IMAGE),
     ]
     out += [Host(f"app{i}", f"{p}.{30 + i}", HOST_IMAGE) for i in range(1, apps + 1)]
     return out
@@ -627,7 +628,13 @@ def write_inventory(want: list[Host]) -> None:
     if not gv.exists():
         gv.symlink_to(ROOT / "inventories" / "lab" / "group_vars")
     lines = ["---", "all:", "  children:"]
-    for group, members in (("lb", ["lb1"]), ("db", ["db1"]), ("app", [h.name for h in apps])):
+    groups = (
+        ("lb", ["lb1"]),
+        ("db", ["db1"]),
+        ("app", [h.name for h in apps]),
+        ("monitoring", ["mon1"]),
+    )
+    for group, members in groups:
         lines += [f"    {group}:", "      hosts:"]
         for m in members:
             ip = next(h.ip for h in want if h.name == m)

@@ -56,6 +56,47 @@ def app_databases(entries: Any) -> list[dict[str, Any]]:
     return out
 
 
+# What the monitoring role reads of an app, and the fastapi_app variable it comes from.
+_MONITORED = {
+    "name": "fastapi_app_name",
+    "port": "fastapi_app_port",
+    "health_path": "fastapi_app_health_path",
+    "live_path": "fastapi_app_rollback_health_path",
+    "metrics_path": "fastapi_app_metrics_path",
+    "server_names": "nginx_server_names",
+}
+
+
+def monitored_apps(entries: Any, fallback: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """``fastapi_metal_apps | default(none) | fastapi_metal.stack.monitored_apps(FALLBACK)``:
+    per app, what Prometheus needs to watch it: name, port, the path its liveness answers at
+    (the rollback health path, else the health path), its metrics path ('' when it has none)
+    and the names the edge serves it at. FALLBACK holds the values of the fastapi_app_* and
+    nginx_server_names variables for an app whose entry does not set them (or the one app of
+    an inventory without fastapi_metal_apps)."""
+    out = []
+    for entry in apps(entries):
+
+        def get(key: str, entry: dict[str, Any] = entry) -> Any:
+            var = _MONITORED[key]
+            return entry[var] if var in entry else fallback.get(var)
+
+        health = str(get("health_path") or "/health")
+        # An entry's own health path is its liveness path too, unless it names one.
+        live = entry.get(_MONITORED["live_path"]) or (
+            None if _MONITORED["health_path"] in entry else fallback.get(_MONITORED["live_path"])
+        )
+        names = get("server_names") or []
+        out.append({
+            "name": str(get("name") or "app"),
+            "port": int(get("port") or 8000),
+            "live_path": str(live or health),
+            "metrics_path": str(get("metrics_path") or ""),
+            "server_names": [str(n) for n in ([names] if isinstance(names, str) else names)],
+        })  # fmt: skip
+    return out
+
+
 class FilterModule:
     def filters(self) -> dict[str, Any]:
-        return {"apps": apps, "app_databases": app_databases}
+        return {"apps": apps, "app_databases": app_databases, "monitored_apps": monitored_apps}

@@ -71,6 +71,11 @@ LOADED = os.environ.get("FASTAPI_METAL_NGINX_LOADED", "/var/lib/fastapi-metal/ng
 # How long a drained server may take to answer a direct request before a converge keeps it
 # drained (the upstream's own connect timeout is 2 s by default).
 ANSWER_TIMEOUT = 3.0
+# Since when each server is drained: kept here, and published for the node exporter's
+# textfile collector (when its directory exists) so that an alert finds a server left drained.
+DRAINS = os.environ.get("FASTAPI_METAL_DRAINS", "/var/lib/fastapi-metal/drained-since.json")
+TEXTFILE_DIR = os.environ.get("FASTAPI_METAL_TEXTFILE_DIR", "/var/lib/prometheus/node-exporter")
+DRAIN_METRIC = "fastapi_metal_edge_drained_since_timestamp_seconds"
 
 
 class NginxOpsError(Exception):
@@ -383,10 +388,45 @@ def upstream(server: str, state: str, check: bool) -> dict[str, object]:
     ensure_table()
     if state == "down":
         nft(element_script("add", todo))
+        publish_drains()
     else:
         nft(element_script("delete", todo))
+        publish_drains()
         result["waited_s"] = wait_until_served(server, params[server])
     return result
+
+
+def _replace(path: str, text: str) -> None:
+    directory = os.path.dirname(path) or "."
+    os.makedirs(directory, mode=0o755, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-")
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.chmod(tmp, 0o644)
+    os.replace(tmp, path)
+
+
+def publish_drains() -> dict[str, float]:
+    """Record since when each drained server is drained (DRAINS) and write the metric
+    (one sample per drained server, its value that moment); returns what was written."""
+    now = time.time()
+    try:
+        with open(DRAINS) as f:
+            known = json.load(f)
+    except (OSError, ValueError):
+        known = {}
+    since = {
+        s: float(known.get(s, now)) if isinstance(known, dict) else now for s in list_drained()
+    }
+    _replace(DRAINS, json.dumps(since, sort_keys=True) + "\n")
+    if os.path.isdir(TEXTFILE_DIR):
+        lines = [
+            f"# HELP {DRAIN_METRIC} Since when an app server is drained at this edge.",
+            f"# TYPE {DRAIN_METRIC} gauge",
+            *(f'{DRAIN_METRIC}{{server="{s}"}} {t:.0f}' for s, t in sorted(since.items())),
+        ]
+        _replace(os.path.join(TEXTFILE_DIR, "fastapi_metal_drains.prom"), "\n".join(lines) + "\n")
+    return since
 
 
 def list_drained() -> list[str]:
@@ -453,6 +493,8 @@ def converge(check: bool) -> dict[str, object]:
     leftovers = sorted(drained_elements() - known)  # members that are no upstream server now
     if leftovers and not check:
         nft(element_script("delete", leftovers))
+    if not check:  # also what a reboot cleared
+        publish_drains()
     result.update(
         undrained=undrained,
         kept_drained=kept,
@@ -498,4 +540,5 @@ def upstream_by_reload(server: str, state: str, check: bool) -> dict[str, object
         if os.path.exists(tmp):
             os.unlink(tmp)
     reload()
+    publish_drains()
     return result

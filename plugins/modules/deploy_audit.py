@@ -21,6 +21,23 @@ options:
     description: What to record (deploy id, action, who, releases, outcome, message...).
     type: dict
     required: true
+  syslog_ident:
+    description:
+      - When set, the line is also sent to the host's journal (syslog, facility local0)
+        under this identifier, so that it reaches the central journal with the rest.
+    type: str
+  metrics_path:
+    description:
+      - A file in the node exporter's textfile directory, rewritten with the last record as
+        a deploy marker C(fastapi_metal_deploy_finished_timestamp_seconds) (labels
+        O(metrics_labels) and the record's C(action), C(outcome) and C(to_release) as
+        C(release); its value when the line was written). Prometheus counts deploys as the
+        marker's changes.
+    type: path
+  metrics_labels:
+    description: Labels of the marker (e.g. the app's name).
+    type: dict
+    default: {}
 extends_documentation_fragment:
   - fastapi_metal.stack.attributes
 attributes:
@@ -47,8 +64,13 @@ line:
 
 import json
 import os
+import syslog
+import time
 
 from ansible.module_utils.basic import AnsibleModule
+from ansible_collections.fastapi_metal.stack.plugins.module_utils import textfile
+
+MARKER = "fastapi_metal_deploy_finished_timestamp_seconds"
 
 
 def append(path: str, line: str) -> None:
@@ -58,19 +80,45 @@ def append(path: str, line: str) -> None:
         f.write(line + "\n")
 
 
+def marker(path: str, labels: dict[str, object], record: dict[str, object]) -> None:
+    """The deploy marker: the last record of this log, as one sample."""
+    release = record.get("to_release") or record.get("release") or ""
+    names = {**labels, "action": record.get("action", ""), "outcome": record.get("outcome", "")}
+    sample = f"{MARKER}{textfile.label_set({**names, 'release': release})} {time.time():.0f}"
+    what = "When the last deploy, rollback or hold of this app on this host finished."
+    helps = [f"# HELP {MARKER} {what}", f"# TYPE {MARKER} gauge"]
+    textfile.write(path, helps, [sample])
+
+
+def to_journal(ident: str, line: str) -> None:
+    syslog.openlog(ident, 0, syslog.LOG_LOCAL0)
+    try:
+        syslog.syslog(syslog.LOG_INFO, line)
+    finally:
+        syslog.closelog()
+
+
 def main() -> None:
     module = AnsibleModule(
         argument_spec={
             "path": {"type": "path", "required": True},
             "record": {"type": "dict", "required": True},
+            "syslog_ident": {"type": "str"},
+            "metrics_path": {"type": "path"},
+            "metrics_labels": {"type": "dict", "default": {}},
         },
         supports_check_mode=True,
     )
     line = json.dumps(module.params["record"], sort_keys=True, default=str)
     if "\n" in line:  # json.dumps escapes newlines; kept as a guard for the one-line promise
         module.fail_json(msg="a record must fit on one line")
+    p = module.params
     if not module.check_mode:
-        append(module.params["path"], line)
+        append(p["path"], line)
+        if p["syslog_ident"]:
+            to_journal(p["syslog_ident"], line)
+        if p["metrics_path"]:
+            marker(p["metrics_path"], p["metrics_labels"], p["record"])
     module.exit_json(changed=True, line=line)
 
 

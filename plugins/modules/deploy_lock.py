@@ -41,6 +41,17 @@ options:
     description: How the user sets O(force), for the refusal's message.
     type: str
     default: force=true
+  metrics_path:
+    description:
+      - A file in the node exporter's textfile directory. While the lock is held it holds
+        C(fastapi_metal_deploy_lock_since_timestamp_seconds) with O(metrics_labels) and the
+        holder's C(action), its value the holder's C(started_epoch); released, the file holds
+        no sample. An alert on the lock's age finds a deploy that died holding it.
+    type: path
+  metrics_labels:
+    description: Labels of the metric (e.g. the app's name).
+    type: dict
+    default: {}
 extends_documentation_fragment:
   - fastapi_metal.stack.attributes
 attributes:
@@ -69,8 +80,12 @@ holder:
 import json
 import os
 import socket
+import time
 
 from ansible.module_utils.basic import AnsibleModule
+from ansible_collections.fastapi_metal.stack.plugins.module_utils import textfile
+
+METRIC = "fastapi_metal_deploy_lock_since_timestamp_seconds"
 
 
 def read_holder(path: str) -> dict[str, object] | None:
@@ -109,6 +124,23 @@ def take(path: str, holder: dict[str, object]) -> bool:
     return True
 
 
+def publish(path: str | None, labels: dict[str, object], holder: dict[str, object] | None) -> None:
+    """The lock's metric file: a sample while ``holder`` holds the lock, none after."""
+    if not path:
+        return
+    samples = []
+    if holder:
+        try:
+            since = float(str(holder.get("started_epoch", "")))
+        except ValueError:
+            since = time.time()
+        action = holder.get("action", "deploy")
+        samples.append(f"{METRIC}{textfile.label_set({**labels, 'action': action})} {since:.0f}")
+    helps = [f"# HELP {METRIC} When the deploy lock was taken (absent: nobody holds it).",
+             f"# TYPE {METRIC} gauge"]  # fmt: skip
+    textfile.write(path, helps, samples)
+
+
 def main() -> None:
     module = AnsibleModule(
         argument_spec={
@@ -121,6 +153,8 @@ def main() -> None:
             "holder": {"type": "dict", "default": {}},
             "force": {"type": "bool", "default": False},
             "force_hint": {"type": "str", "default": "force=true"},
+            "metrics_path": {"type": "path"},
+            "metrics_labels": {"type": "dict", "default": {}},
         },
         required_if=[("state", "present", ("holder",)), ("state", "absent", ("holder",))],
         supports_check_mode=True,
@@ -129,9 +163,11 @@ def main() -> None:
     path, mine = p["path"], p["holder"]
     found = read_holder(path)
     held_by_me = found is not None and bool(mine.get("id")) and found.get("id") == mine.get("id")
+    metrics = p["metrics_path"], p["metrics_labels"]
     if p["state"] == "absent":
         if held_by_me and not module.check_mode:
             os.unlink(path)
+            publish(*metrics, None)
         module.exit_json(changed=held_by_me, holder={} if held_by_me else (found or {}))
     if found is not None and not held_by_me and not p["force"]:
         module.fail_json(msg=refusal(path, found, p["force_hint"]), holder=found)
@@ -146,6 +182,7 @@ def main() -> None:
             msg=refusal(path, read_holder(path) or {}, p["force_hint"]),
             holder=read_holder(path) or {},
         )
+    publish(*metrics, mine)
     module.exit_json(changed=True, holder=mine, broken=found or {})
 
 

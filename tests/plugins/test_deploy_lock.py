@@ -86,3 +86,21 @@ def test_an_unreadable_lock_still_blocks_and_says_so(tmp_path: Path) -> None:
     path.write_text("not json")
     refused = lock(path, "present", ME)
     assert refused["rc"] == 1 and "unreadable lock ('not json')" in refused["msg"], refused
+
+
+def test_the_lock_metric_is_written_while_held_and_emptied_on_release(tmp_path: Path) -> None:
+    """What the DeployLockHeldTooLong alert reads: a sample with the holder's start while
+    the lock is held, no sample once released (and none written for a refused deploy)."""
+    path, prom = tmp_path / "deploy.lock", tmp_path / "textfile" / "fastapi_metal_notes_lock.prom"
+    metrics = {"metrics_path": str(prom), "metrics_labels": {"app": "notes"}}
+    assert lock(path, "present", {**ME, "started_epoch": "1764583200.5"}, **metrics)["changed"]
+    samples = [line for line in prom.read_text().splitlines() if not line.startswith("#")]
+    assert samples == [
+        'fastapi_metal_deploy_lock_since_timestamp_seconds{action="deploy",app="notes"} 1764583200'
+    ]
+    assert lock(path, "present", OTHER, **metrics)["rc"] == 1
+    assert len([x for x in prom.read_text().splitlines() if not x.startswith("#")]) == 1
+    assert lock(path, "absent", ME, **metrics)["changed"] is True
+    text = prom.read_text()
+    assert "# TYPE fastapi_metal_deploy_lock_since_timestamp_seconds gauge" in text
+    assert [line for line in text.splitlines() if not line.startswith("#")] == []

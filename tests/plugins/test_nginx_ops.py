@@ -249,3 +249,30 @@ def test_the_operator_command_prints_words_and_exit_codes(
     assert unknown.returncode == 3 and "is not an upstream server" in unknown.stderr
     usage = run("frobnicate")
     assert usage.returncode == 2 and usage.stderr.startswith("usage: fastapi-metal-nginx")
+
+
+def test_drains_are_published_with_since_when(
+    helper: ModuleType, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What the HostLeftDrained alert reads: one sample per drained server, its value the
+    moment it was first seen drained (kept across calls), gone once it is back."""
+    textfile = tmp_path / "textfile"
+    textfile.mkdir()
+    monkeypatch.setattr(helper, "DRAINS", str(tmp_path / "state" / "drained-since.json"))
+    monkeypatch.setattr(helper, "TEXTFILE_DIR", str(textfile))
+    prom = textfile / "fastapi_metal_drains.prom"
+    drained = ["10.0.0.31:8000"]
+    monkeypatch.setattr(helper, "list_drained", lambda: list(drained))
+    first = helper.publish_drains()
+    assert list(first) == ["10.0.0.31:8000"]
+    drained.append("10.0.0.32:8000")
+    second = helper.publish_drains()
+    assert second["10.0.0.31:8000"] == first["10.0.0.31:8000"], "since when is kept"
+    samples = [x for x in prom.read_text().splitlines() if not x.startswith("#")]
+    assert [s.split(" ")[0] for s in samples] == [
+        'fastapi_metal_edge_drained_since_timestamp_seconds{server="10.0.0.31:8000"}',
+        'fastapi_metal_edge_drained_since_timestamp_seconds{server="10.0.0.32:8000"}',
+    ]
+    drained.clear()
+    assert helper.publish_drains() == {}
+    assert [x for x in prom.read_text().splitlines() if not x.startswith("#")] == []

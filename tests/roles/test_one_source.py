@@ -61,8 +61,9 @@ def render(tmp_path: Path, *extra: str) -> dict[str, dict[str, Any]]:
     return {host: result["msg"] for host, result in results.items()}
 
 
-def firewall_ports(host: dict[str, Any]) -> list[int]:
-    rules = host["firewall_rules"]
+def firewall_ports(host: dict[str, Any], opened_to: str) -> list[int]:
+    """The ports of the host's rules named "... from the OPENED_TO hosts"."""
+    rules = [r for r in host["firewall_rules"] if r["name"].endswith(f"from the {opened_to} hosts")]
     return [int(p) for rule in rules for p in rule.get("ports", [rule.get("port")])]
 
 
@@ -91,8 +92,10 @@ def test_every_place_follows_the_one_port(
     for app, port in ports.items():
         upstream = [f"{address}:{port}" for address in APP_HOSTS.values()]
         assert seen["lb1"]["sites"][app] == upstream, app
-    assert sorted(firewall_ports(seen["app1"])) == sorted(ports.values())
-    assert firewall_ports(seen["db1"]) == [pg_port]
+    assert sorted(firewall_ports(seen["app1"], "lb")) == sorted(ports.values())
+    # Prometheus reads each app straight, with the node exporter's port besides.
+    assert sorted(firewall_ports(seen["app1"], "monitoring")) == sorted([*ports.values(), 9100])
+    assert firewall_ports(seen["db1"], "app") == [pg_port]
     # The first app's own database, at the db host's address and port; the databases follow
     # the apps that ask for one.
     assert seen["app1"]["database_url"].endswith(f"@{ADDRESSES['db1']}:{pg_port}/notes")

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from tests.helpers.logscan import (
+    CENTRAL_JOURNAL,
     DEPLOY_AUDIT,
     JOURNAL,
     LETSENCRYPT,
@@ -104,6 +105,7 @@ LOG_SOURCES: dict[str, tuple[LogSource, ...]] = {
     "app2": (JOURNAL, DEPLOY_AUDIT),
     "db1": (JOURNAL, POSTGRESQL),
     "lb1": (JOURNAL, NGINX_ACCESS, NGINX_ERROR, LETSENCRYPT),
+    "mon1": (JOURNAL, CENTRAL_JOURNAL),
 }
 LOG_MARKER = f"fm-logscan-{secrets.token_hex(8)}"
 
@@ -152,6 +154,10 @@ def log_markers(session_log_marker: str) -> dict[str, dict[str, str | tuple[str,
     for host, sources in LOG_SOURCES.items():
         markers[host] = {s.name: LOG_MARKER for s in sources if s != DEPLOY_AUDIT}
         markers[host][JOURNAL.name] = (session_log_marker, LOG_MARKER)
+        # Every host's journal, shipped: the session's marker (logged on every host before
+        # the first test) must be there, as this scan's own may not have arrived yet.
+        if CENTRAL_JOURNAL in sources:
+            markers[host][CENTRAL_JOURNAL.name] = session_log_marker
         # The deploy audit log: the id of the last deploy that reached the host (none before
         # test_20_rolling has deployed: the source then fails for want of a marker).
         if DEPLOY_AUDIT in sources and (ids := deploy_ids(host)):

@@ -1,0 +1,303 @@
+"""Observability on the lab (role monitoring, mon1): every target Prometheus derives from the
+inventory is up; stopping an app on one host fires its alert in Alertmanager within the
+rule's `for` plus a scrape and an evaluation interval, and resolves it when the app is back;
+a burst of 5xx at the edge fires the edge's alert; the blackbox probe reports the served
+certificate chain's real expiry; one request id is found in the central journal in both the
+edge's and the app's line; deploys left markers in Prometheus and audit lines in the central
+journal. Prometheus and Alertmanager listen on mon1's loopback: they are asked from mon1."""
+
+from __future__ import annotations
+
+import json
+import re
+import shlex
+import subprocess
+import time
+import urllib.parse
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from cryptography import x509
+
+from tests.lab.ansible_run import INVENTORY, lab_exec
+from tests.lab.cluster.conftest import LAB_HOSTS, edge
+from tests.lab.topology import ADDRESSES, APP_HOSTS, GROUPS, LAB_VARS, LB_IP
+
+MON = GROUPS["monitoring"][0]
+MON_VARS: dict[str, Any] = yaml.safe_load((INVENTORY / "group_vars/monitoring.yml").read_text())
+APPS: list[dict[str, Any]] = LAB_VARS["fastapi_metal_apps"]
+TINY = next(a for a in APPS if a["fastapi_app_name"] == "tiny")
+TINY_NAME = LAB_VARS["lab_tiny_name"]
+
+
+def seconds(duration: str) -> float:
+    """A Prometheus duration of one unit (5s, 15s, 1m) in seconds."""
+    m = re.fullmatch(r"(\d+)([smh])", duration)
+    assert m, duration
+    return int(m[1]) * {"s": 1, "m": 60, "h": 3600}[m[2]]
+
+
+SCRAPE = seconds(MON_VARS["monitoring_scrape_interval"])
+EVALUATION = seconds(MON_VARS["monitoring_evaluation_interval"])
+
+
+def api(port: int, path: str, **params: str) -> Any:
+    """GET Prometheus's (9090) or Alertmanager's (9093) API on mon1's loopback."""
+    query = f"?{urllib.parse.urlencode(params)}" if params else ""
+    out = lab_exec(MON, f"curl -sf -m 10 {shlex.quote(f'http://127.0.0.1:{port}{path}{query}')}")
+    return json.loads(out.stdout)
+
+
+def query(expr: str) -> list[dict[str, Any]]:
+    answer = api(9090, "/api/v1/query", query=expr)
+    assert answer["status"] == "success", answer
+    return answer["data"]["result"]
+
+
+def firing(alertname: str, **labels: str) -> list[dict[str, Any]]:
+    """The alerts Alertmanager holds (active) with this name and these labels."""
+    alerts = api(9093, "/api/v2/alerts", active="true", silenced="false", inhibited="false")
+    return [a for a in alerts if a["labels"].get("alertname") == alertname
+            and all(a["labels"].get(k) == v for k, v in labels.items())]  # fmt: skip
+
+
+def wait_for(what: str, check: Any, timeout: float, every: float = 1.0) -> float:
+    """Poll until check() is truthy; the seconds it took. Fails naming `what` past timeout."""
+    t0 = time.monotonic()
+    while True:
+        if check():
+            return time.monotonic() - t0
+        if time.monotonic() - t0 > timeout:
+            pytest.fail(f"{what}: not within {timeout:.0f} s")
+        time.sleep(every)
+
+
+def lab_value(value: str) -> str:
+    """A value of the lab's group_vars, with a "{{ lab_... }}" reference resolved."""
+    m = re.fullmatch(r"\{\{\s*(\w+)\s*\}\}", value)
+    return str(LAB_VARS[m[1]]) if m else value
+
+
+def expected_targets() -> set[tuple[str, str]]:
+    """(job, host or instance) of every target, derived from the inventory as the role does."""
+    out = {("node", h) for h in LAB_HOSTS}
+    out |= {("postgresql", h) for h in GROUPS["db"]}
+    out |= {(job, h) for h in GROUPS["lb"] for job in ("nginx", "edge_log")}
+    for app in APPS:
+        name = app["fastapi_app_name"]
+        if app.get("fastapi_app_metrics_path", "/metrics"):
+            out |= {(f"app_{name}", h) for h in APP_HOSTS}
+        out |= {("app_health", f"{h}/{name}") for h in APP_HOSTS}
+        out.add(("edge", lab_value(app["nginx_server_names"][0])))
+    return out | {(job, MON) for job in ("prometheus", "alertmanager", "blackbox")}
+
+
+def seen_targets() -> dict[tuple[str, str], dict[str, Any]]:
+    targets = api(9090, "/api/v1/targets", state="active")["data"]["activeTargets"]
+    out = {}
+    for t in targets:
+        labels = t["labels"]
+        job = labels["job"]
+        key = {"app_health": f"{labels.get('host')}/{labels.get('app')}",
+               "edge": labels.get("server_name", "")}.get(job, labels.get("host", ""))  # fmt: skip
+        out[(job, key)] = t
+    return out
+
+
+def stop(host: str, app: str) -> None:
+    lab_exec(host, f"systemctl stop {app}.socket {app}.service")
+
+
+def start(host: str, app: str) -> None:
+    lab_exec(host, f"systemctl start {app}.socket {app}.service")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def apps_back_up() -> Any:
+    """Whatever a test stops is started again, even when it fails."""
+    yield
+    for host in APP_HOSTS:
+        for app in APPS:
+            lab_exec(host, f"systemctl start {app['fastapi_app_name']}.socket", check=False)
+
+
+def test_a_every_target_from_the_inventory_is_up() -> None:
+    want = expected_targets()
+
+    def all_up() -> bool:
+        seen = seen_targets()
+        return want <= set(seen) and all(seen[k]["health"] == "up" for k in want)
+
+    if not all_up():
+        time.sleep(4 * SCRAPE)
+    seen = seen_targets()
+    down = {k: seen[k]["lastError"] for k in want & set(seen) if seen[k]["health"] != "up"}
+    assert not down, f"targets down: {down}"
+    assert set(seen) == want, f"missing {want - set(seen)}, unexpected {set(seen) - want}"
+    # The probes behind `up` see their targets: the health probes answer 2xx, the edge's
+    # probe verified TLS against pebble's root, PostgreSQL is reachable by the exporter.
+    assert {r["metric"]["instance"] for r in query('probe_success{job="app_health"} == 1')} == {
+        seen[k]["labels"]["instance"] for k in want if k[0] == "app_health"
+    }
+    assert len(query('probe_success{job="edge"} == 1')) == len(APPS)
+    assert query("pg_up == 1") and query("nginx_up == 1")
+    assert not query('ALERTS{alertstate="firing"}'), "no alert fires on a healthy lab"
+
+
+def test_b_an_app_stopped_on_one_host_fires_its_alert_and_resolves() -> None:
+    host = sorted(APP_HOSTS)[0]
+    rule_for = seconds(MON_VARS["monitoring_alert_app_health_for"])
+    assert not firing("AppHealthFailing", host=host, app="notes")
+    stop(host, "notes")
+    stopped = time.monotonic()
+    try:
+        took = wait_for("AppHealthFailing in Alertmanager",
+                        lambda: firing("AppHealthFailing", host=host, app="notes"),
+                        timeout=rule_for + SCRAPE + EVALUATION + 60)  # fmt: skip
+        budget = rule_for + SCRAPE + EVALUATION + 5
+        print(
+            f"\nAppHealthFailing fired {took:.1f} s after the stop (for {rule_for:.0f} s "
+            f"+ scrape {SCRAPE:.0f} s + evaluation {EVALUATION:.0f} s = {budget - 5:.0f} s)"
+        )
+        assert took <= budget, f"fired after {took:.1f} s, over {budget:.0f} s"
+        # The other host's app, and the other apps on this host, stay quiet.
+        assert not firing("AppHealthFailing", host=sorted(APP_HOSTS)[1])
+        assert not firing("AppHealthFailing", host=host, app="tiny")
+    finally:
+        start(host, "notes")
+    back = time.monotonic()
+    took = wait_for("AppHealthFailing resolved",
+                    lambda: not firing("AppHealthFailing", host=host, app="notes"),
+                    timeout=SCRAPE + 2 * EVALUATION + 60)  # fmt: skip
+    print(f"resolved {took:.1f} s after the start ({back - stopped:.0f} s stopped)")
+
+
+def test_c_a_burst_of_5xx_at_the_edge_fires_the_ratio_alert(pebble_roots: Path) -> None:
+    """tiny stopped on every app host: the edge answers 502 for its name."""
+    assert not firing("EdgeErrorRatioHigh", server_name=TINY_NAME)
+    for host in APP_HOSTS:
+        stop(host, "tiny")
+    try:
+        statuses = []
+        for _ in range(40):
+            out = tiny_request(pebble_roots)
+            statuses.append(out)
+        assert statuses.count("502") >= 35, statuses
+        rule_for = seconds(MON_VARS["monitoring_alert_edge_5xx_for"])
+        took = wait_for("EdgeErrorRatioHigh in Alertmanager",
+                        lambda: firing("EdgeErrorRatioHigh", server_name=TINY_NAME),
+                        timeout=rule_for + SCRAPE + EVALUATION + 60)  # fmt: skip
+        print(f"\nEdgeErrorRatioHigh fired {took:.1f} s after 40 requests answered 502")
+        # The sites that answered well stay quiet: the ratio is per name.
+        assert not firing("EdgeErrorRatioHigh", server_name=LAB_VARS["lab_site_name"])
+    finally:
+        for host in APP_HOSTS:
+            start(host, "tiny")
+    wait_for("tiny answers through the edge again", lambda: tiny_request(pebble_roots) == "200", 30)
+
+
+def tiny_request(roots: Path) -> str:
+    out = subprocess.run(
+        ["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "-m", "5", "--cacert", str(roots),
+         "--resolve", f"{TINY_NAME}:443:{LB_IP}", f"https://{TINY_NAME}/"],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    return out.stdout.strip()
+
+
+def test_d_the_probe_reports_the_certificate_chains_real_expiry() -> None:
+    """probe_ssl_earliest_cert_expiry equals the earliest notAfter of the chain the edge
+    serves, read here with a TLS client of our own."""
+    name = LAB_VARS["lab_site_name"]
+    chain = lab_exec(
+        MON, f"openssl s_client -connect {shlex.quote(name)}:443 -servername {shlex.quote(name)} "
+        "-showcerts </dev/null 2>/dev/null"
+    ).stdout  # fmt: skip
+    pems = re.findall(r"-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE-----", chain, re.S)
+    assert pems, chain[:500]
+    not_after = min(x509.load_pem_x509_certificate(p.encode()).not_valid_after_utc for p in pems)
+    got = query(f'probe_ssl_earliest_cert_expiry{{job="edge", server_name="{name}"}}')
+    assert len(got) == 1, got
+    reported = datetime.fromtimestamp(float(got[0]["value"][1]), tz=UTC)
+    print(f"\nthe edge's chain expires {not_after.isoformat()}; the probe: {reported.isoformat()}")
+    assert reported == not_after
+    assert reported > datetime.now(tz=UTC)
+
+
+def central(grep: str, *fields: str) -> list[dict[str, Any]]:
+    """Entries of the central journal on mon1 matching `grep`, as JSON."""
+    out = lab_exec(
+        MON, f"journalctl -D /var/log/journal/remote --grep {shlex.quote(grep)} -o json "
+        f"--output-fields={','.join(('MESSAGE', '_HOSTNAME', 'SYSLOG_IDENTIFIER', *fields))}",
+        check=False,
+    )  # fmt: skip
+    return [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
+
+
+def test_e_one_request_id_is_found_at_the_edge_and_in_the_app(pebble_roots: Path) -> None:
+    request_id = f"fm-trace-{uuid.uuid4().hex}"
+    out = edge("/health", pebble_roots, "-H", f"X-Request-ID: {request_id}", "-D", "-")
+    assert out.returncode == 0 and request_id in out.stdout, out.stdout
+    served_by = re.search(r"(?i)x-app-release: (\S+)", out.stdout)
+    assert served_by, out.stdout
+
+    def both() -> bool:
+        hosts = {e.get("_HOSTNAME") for e in central(request_id)}
+        return GROUPS["lb"][0] in hosts and bool(hosts & set(APP_HOSTS))
+
+    took = wait_for("the request in the central journal from lb1 and an app host", both, 60, 2)
+    entries = central(request_id)
+    edge_line = next(e for e in entries if e["_HOSTNAME"] == GROUPS["lb"][0])
+    app_line = next(e for e in entries if e["_HOSTNAME"] in APP_HOSTS)
+    assert edge_line["SYSLOG_IDENTIFIER"] == "nginx_access"
+    assert json.loads(edge_line["MESSAGE"])["request_id"] == request_id
+    assert json.loads(app_line["MESSAGE"])["request_id"] == request_id
+    print(
+        f"\nfound in the central journal {took:.1f} s after the request: "
+        f"{edge_line['_HOSTNAME']} (nginx) and {app_line['_HOSTNAME']} (app)"
+    )
+
+
+def test_f_deploys_left_markers_and_audit_lines_in_one_place() -> None:
+    """The rolling upgrades and rollbacks of test_20 (and the holds of test_40): a marker per
+    app and host in Prometheus, and each host's audit lines in the central journal."""
+    markers = query('fastapi_metal_deploy_finished_timestamp_seconds{app="notes"}')
+    assert {m["metric"]["host"] for m in markers} == set(APP_HOSTS), markers
+    assert all(m["metric"]["action"] in ("deploy", "rollback", "hold") for m in markers)
+    for host in APP_HOSTS:
+        lines = lab_exec(host, "cat /var/log/fastapi-metal/notes-deploys.jsonl").stdout.splitlines()
+        assert lines, host
+        last = json.loads(lines[-1])
+        shipped = [
+            e for e in central(last["id"]) if e.get("SYSLOG_IDENTIFIER") == "fastapi-metal-audit"
+        ]
+        assert any(json.loads(e["MESSAGE"]) == last for e in shipped if e["_HOSTNAME"] == host), (
+            host, last, shipped)  # fmt: skip
+
+
+def test_g_nothing_of_the_monitoring_host_is_open_to_a_stranger() -> None:
+    """From the controller (on the lab network, not an inventory host): only SSH answers on
+    mon1. From an inventory host the journal's port answers TLS (the positive case), while
+    Prometheus and Alertmanager are not reachable from anywhere but mon1 itself."""
+    ip = ADDRESSES[MON]
+
+    def opens(port: int, where: str | None = None) -> bool:
+        probe = f"timeout 3 bash -c 'exec 3<>/dev/tcp/{ip}/{port}' 2>/dev/null"
+        cmd = f"{probe} && echo open || echo closed"
+        if where is None:
+            out = subprocess.run(["bash", "-c", cmd], capture_output=True, text=True, check=False)
+        else:
+            out = lab_exec(where, cmd, check=False)
+        return out.stdout.strip() == "open"
+
+    app_host = sorted(APP_HOSTS)[0]
+    assert opens(22), "the positive case: SSH from the controller"
+    assert opens(19532, app_host), "the journal's port from an inventory host"
+    for port in (9090, 9093, 9115, 19532, 9100):
+        assert not opens(port), f"{port} open to a stranger"
+    for port in (9090, 9093, 9115):
+        assert not opens(port, app_host), f"{port} open to an inventory host"
