@@ -716,8 +716,35 @@ def cmd_health(_args: argparse.Namespace) -> None:
         bad += answer not in edge.stdout
         print(f"edge   https://{site}{path}  {edge.stdout.strip() or edge.stderr.strip()}")
     print(f"       (certificate from the lab's pebble; its root is in {roots})")
+    bad += monitoring_health()
     if bad:
         raise SystemExit(f"lab: {bad} health check(s) failed")
+
+
+def monitoring_health(wait: float = 30) -> int:
+    """Prometheus on mon1 (loopback only: asked from inside): every target up, waiting a
+    few scrapes for targets the converge just started. The number of targets not up."""
+    deadline = time.monotonic() + wait
+    while True:
+        out = podman(
+            "exec", "mon1", "curl", "-s", "-m", "5", "http://127.0.0.1:9090/api/v1/targets",
+            check=False,
+        )  # fmt: skip
+        try:
+            targets = json.loads(out.stdout)["data"]["activeTargets"]
+        except (ValueError, KeyError):
+            targets = []
+        down = [t for t in targets if t.get("health") != "up"]
+        if (targets and not down) or time.monotonic() > deadline:
+            break
+        time.sleep(2)
+    for t in down:
+        labels = t.get("labels", {})
+        where = f"{labels.get('job')} {labels.get('instance')}"
+        print(f"mon1   {where}: {t.get('health')} {t.get('lastError', '')}")
+    print(f"mon1   Prometheus: {len(targets) - len(down)} of {len(targets)} targets up "
+          f"(to look: ssh -i .lab/ssh/id_ed25519 -L 9090:127.0.0.1:9090 root@{SUBNET_PREFIX}.40)")  # fmt: skip
+    return len(down) + (0 if targets else 1)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -36,6 +36,11 @@ PATH = r"^/\S*$"
 # Names of environment variables that carry secrets.
 SECRET_NAMES = r"(?i).*(passw|secret|token|credential|database_url|dsn|(^|_)key$)"  # noqa: S105
 IDENTIFIER = r"^[a-z_][a-z0-9_]{0,62}$"
+# A Prometheus duration ("15s", "1m30s", "30d") and a listen address ("127.0.0.1:9090").
+PROM_DURATION = r"^([0-9]+(ms|s|m|h|d|w|y))+$"
+PROM_DURATION_WORDS = "a Prometheus duration: digits with ms, s, m, h, d, w or y"
+LISTEN = r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]*):[0-9]{1,5}$"
+RATIO = r"^(0(\.[0-9]+)?|1(\.0+)?)$"
 NGINX_TIME_WORDS = "an nginx time: digits with ms, s, m, h or d"
 
 
@@ -121,6 +126,30 @@ FORMS: tuple[Form, ...] = (
     Form("pgbackrest_restore_time", "db",
          r"^(\d{4}-\d{2}-\d{2}[ T]\d{2}:\d{2}:\d{2}(\.\d+)?([+-]\d{2}(:?\d{2})?|Z))?$",
          "a moment with its time zone (e.g. '2026-12-04 21:05:00+00')"),
+    Form("monitoring_prometheus_listen_address", "monitoring", LISTEN, "address:port (e.g. 127.0.0.1:9090)"),
+    Form("monitoring_alertmanager_listen_address", "monitoring", LISTEN, "address:port (e.g. 127.0.0.1:9093)"),
+    Form("monitoring_blackbox_listen_address", "monitoring", LISTEN, "address:port (e.g. 127.0.0.1:9115)"),
+    Form("monitoring_scrape_interval", "monitoring", PROM_DURATION, f"{PROM_DURATION_WORDS} (e.g. 15s)"),
+    Form("monitoring_evaluation_interval", "monitoring", PROM_DURATION, f"{PROM_DURATION_WORDS} (e.g. 15s)"),
+    Form("monitoring_retention_time", "monitoring", PROM_DURATION, f"{PROM_DURATION_WORDS} (e.g. 30d)"),
+    Form("monitoring_retention_size", "monitoring", r"^[0-9]+(B|KB|MB|GB|TB|PB|EB)$",
+         "a size with B, KB, MB, GB or TB (e.g. 10GB)"),
+    *(Form(f"monitoring_alert_{name}", "monitoring", PROM_DURATION, f"{PROM_DURATION_WORDS} (e.g. 2m)")
+      for name in ("target_down_for", "app_health_for", "edge_window", "edge_5xx_for", "edge_p99_for",
+                   "edge_probe_for", "postgresql_down_for", "postgresql_connections_for", "disk_window",
+                   "disk_for")),
+    *(Form(f"monitoring_alert_{name}", "monitoring", RATIO, "a ratio between 0 and 1 (e.g. 0.05)")
+      for name in ("edge_5xx_ratio", "postgresql_connections_ratio")),
+    Form("monitoring_alert_edge_p99_seconds", "monitoring", r"^[0-9]+(\.[0-9]+)?$", "seconds (e.g. 1.0)"),
+    *(Form(f"monitoring_alert_{name}", "monitoring", SECONDS, "an integer >= 1 (e.g. 14)")
+      for name in ("certificate_days", "disk_full_hours", "deploy_lock_seconds", "drained_seconds",
+                   "backup_age_hours")),
+    *(Form(f"monitoring_{name}_port", "all", PORT, "a TCP port, 1-65535 (e.g. 9100)")
+      for name in ("node_exporter", "postgres_exporter", "nginx_exporter", "edge_log", "journal")),
+    Form("monitoring_journal_max_use", "monitoring", r"^[0-9]+[KMGT]?$", "a size with K, M, G or T (e.g. 20G)"),
+    Form("monitoring_journal_max_age", "monitoring", r"^[0-9]+(s|min|h|d|w|month|year)$",
+         "a time span with s, min, h, d, w, month or year (e.g. 30d)"),
+    Form("nginx_stub_status_port", "lb", r"^(0|" + PORT[2:-2] + r")$", "0 or a TCP port, 1-65535 (e.g. 8298)"),
     Form("certbot_email", "lb", r"^([^@\s]+@[^@\s]+\.[^@\s]+)?$",
          "the ACME account's contact address, for expiry notices (e.g. ops@example.com)"),
 )  # fmt: skip

@@ -16,7 +16,7 @@ from ansible_collections.fastapi_metal.stack.plugins.plugin_utils.inventory_rule
     rule_problems,
 )
 
-ALL = ["all", "app", "db", "lb"]
+ALL = ["all", "app", "db", "lb", "monitoring"]
 
 GOOD_FORMS: dict[str, Any] = {
     "fastapi_app_name": "notes",
@@ -61,6 +61,39 @@ GOOD_FORMS: dict[str, Any] = {
     "pgbackrest_before_migrate": False,
     "pgbackrest_before_migrate_type": "incr",
     "pgbackrest_restore_time": "2026-12-04 21:05:00.123+00",
+    "monitoring_prometheus_listen_address": "127.0.0.1:9090",
+    "monitoring_alertmanager_listen_address": "[::1]:9093",
+    "monitoring_blackbox_listen_address": ":9115",
+    "monitoring_scrape_interval": "15s",
+    "monitoring_evaluation_interval": "1m30s",
+    "monitoring_retention_time": "30d",
+    "monitoring_retention_size": "10GB",
+    "monitoring_alert_target_down_for": "2m",
+    "monitoring_alert_app_health_for": "1m",
+    "monitoring_alert_edge_window": "5m",
+    "monitoring_alert_edge_5xx_for": "2m",
+    "monitoring_alert_edge_p99_for": "10m",
+    "monitoring_alert_edge_probe_for": "2m",
+    "monitoring_alert_postgresql_down_for": "1m",
+    "monitoring_alert_postgresql_connections_for": "5m",
+    "monitoring_alert_disk_window": "6h",
+    "monitoring_alert_disk_for": "30m",
+    "monitoring_alert_edge_5xx_ratio": 0.05,
+    "monitoring_alert_postgresql_connections_ratio": "0.8",
+    "monitoring_alert_edge_p99_seconds": 1.0,
+    "monitoring_alert_certificate_days": 14,
+    "monitoring_alert_disk_full_hours": 24,
+    "monitoring_alert_deploy_lock_seconds": 3600,
+    "monitoring_alert_drained_seconds": 1800,
+    "monitoring_alert_backup_age_hours": 36,
+    "monitoring_node_exporter_port": 9100,
+    "monitoring_postgres_exporter_port": 9187,
+    "monitoring_nginx_exporter_port": 9113,
+    "monitoring_edge_log_port": 3903,
+    "monitoring_journal_port": 19532,
+    "monitoring_journal_max_use": "20G",
+    "monitoring_journal_max_age": "1month",
+    "nginx_stub_status_port": 0,
 }
 
 BAD_FORMS: list[tuple[str, Any, str]] = [
@@ -87,6 +120,15 @@ BAD_FORMS: list[tuple[str, Any, str]] = [
     ("pgbackrest_before_migrate", "maybe", "true or false"),
     ("pgbackrest_before_migrate_type", "incremental", "full, diff or incr"),
     ("pgbackrest_restore_time", "2026-12-04 21:05", "a moment with its time zone"),
+    ("monitoring_prometheus_listen_address", "localhost", "address:port"),
+    ("monitoring_scrape_interval", "15", "a Prometheus duration"),
+    ("monitoring_alert_target_down_for", "2 minutes", "a Prometheus duration"),
+    ("monitoring_alert_edge_5xx_ratio", 5, "a ratio between 0 and 1"),
+    ("monitoring_alert_certificate_days", "two weeks", "an integer >= 1"),
+    ("monitoring_node_exporter_port", 0, "a TCP port"),
+    ("monitoring_journal_max_age", "30 days", "a time span"),
+    ("monitoring_retention_size", "10G", "a size with B, KB"),
+    ("nginx_stub_status_port", 65536, "0 or a TCP port"),
 ]
 
 

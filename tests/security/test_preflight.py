@@ -55,7 +55,7 @@ def test_the_production_example_passes_preflight_without_any_connection(
     result = runner.run("preflight.yml")
     assert result.run.rc == 0, result.run.tail()
     assert result.ssh_attempts == []
-    assert set(result.run.recap) == {"lb1", "app1", "app2", "db1"}
+    assert set(result.run.recap) == {"lb1", "app1", "app2", "db1", "mon1"}
     leaked = PRODUCTION_SECRET in result.run.output
     assert not leaked, "the vaulted secret is in the output"
 
