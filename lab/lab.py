@@ -742,8 +742,8 @@ def monitoring_health(wait: float = 30) -> int:
         labels = t.get("labels", {})
         where = f"{labels.get('job')} {labels.get('instance')}"
         print(f"mon1   {where}: {t.get('health')} {t.get('lastError', '')}")
-    print(f"mon1   Prometheus: {len(targets) - len(down)} of {len(targets)} targets up "
-          f"(to look: ssh -i .lab/ssh/id_ed25519 -L 9090:127.0.0.1:9090 root@{SUBNET_PREFIX}.40)")  # fmt: skip
+    tunnel = f"ssh -i .lab/ssh/id_ed25519 -L 9090:127.0.0.1:9090 root@{SUBNET_PREFIX}.40"
+    print(f"mon1   Prometheus: {len(targets) - len(down)} of {len(targets)} targets up ({tunnel})")
     return len(down) + (0 if targets else 1)
 
 
