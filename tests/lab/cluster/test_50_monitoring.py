@@ -301,3 +301,29 @@ def test_g_nothing_of_the_monitoring_host_is_open_to_a_stranger() -> None:
         assert not opens(port), f"{port} open to a stranger"
     for port in (9090, 9093, 9115):
         assert not opens(port, app_host), f"{port} open to an inventory host"
+
+
+def test_h_every_hosts_journal_is_in_one_place(session_log_marker: str) -> None:
+    """The token every host logged at the session's start is in the central journal from
+    each host; PostgreSQL's log reaches it too (a failed statement, logged by the server
+    under `postgres`); the daily vacuum runs clean on it."""
+
+    def hosts_with_token() -> set[str]:
+        return {e.get("_HOSTNAME", "") for e in central(session_log_marker)}
+
+    wait_for(
+        "the session's token from every host", lambda: hosts_with_token() == set(LAB_HOSTS), 60, 2
+    )
+    token = f"fm_pg_{uuid.uuid4().hex}"
+    db = GROUPS["db"][0]
+    failed = lab_exec(db, f"runuser -u postgres -- psql -X -d postgres -c 'select {token}'", False)
+    assert "does not exist" in failed.stderr, failed.stderr
+
+    def from_postgres() -> list[dict[str, Any]]:
+        return [e for e in central(token) if e.get("SYSLOG_IDENTIFIER") == "postgres"]
+
+    wait_for("PostgreSQL's error in the central journal", from_postgres, 60, 2)
+    assert {e["_HOSTNAME"] for e in from_postgres()} == {db}
+    unit = "fastapi-metal-journal-vacuum.service"
+    vacuum = lab_exec(MON, f"systemctl start {unit} && systemctl show -p Result --value {unit}")
+    assert vacuum.stdout.strip() == "success", vacuum.stdout
