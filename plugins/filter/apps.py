@@ -76,22 +76,18 @@ def monitored_apps(entries: Any, fallback: Mapping[str, Any]) -> list[dict[str, 
     an inventory without fastapi_metal_apps)."""
     out = []
     for entry in apps(entries):
-
-        def get(key: str, entry: dict[str, Any] = entry) -> Any:
-            var = _MONITORED[key]
-            return entry[var] if var in entry else fallback.get(var)
-
-        health = str(get("health_path") or "/health")
+        values = {key: entry.get(var, fallback.get(var)) for key, var in _MONITORED.items()}
+        health = str(values["health_path"] or "/health")
         # An entry's own health path is its liveness path too, unless it names one.
         live = entry.get(_MONITORED["live_path"]) or (
             None if _MONITORED["health_path"] in entry else fallback.get(_MONITORED["live_path"])
         )
-        names = get("server_names") or []
+        names = values["server_names"] or []
         out.append({
-            "name": str(get("name") or "app"),
-            "port": int(get("port") or 8000),
+            "name": str(values["name"] or "app"),
+            "port": int(values["port"] or 8000),
             "live_path": str(live or health),
-            "metrics_path": str(get("metrics_path") or ""),
+            "metrics_path": str(values["metrics_path"] or ""),
             "server_names": [str(n) for n in ([names] if isinstance(names, str) else names)],
         })  # fmt: skip
     return out

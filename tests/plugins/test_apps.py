@@ -9,7 +9,11 @@ from typing import Any
 
 import pytest
 from ansible.errors import AnsibleFilterError
-from ansible_collections.fastapi_metal.stack.plugins.filter.apps import app_databases, apps
+from ansible_collections.fastapi_metal.stack.plugins.filter.apps import (
+    app_databases,
+    apps,
+    monitored_apps,
+)
 from ansible_collections.fastapi_metal.stack.plugins.filter.nginx import nginx_sites
 from ansible_collections.fastapi_metal.stack.plugins.plugin_utils.inventory_rules import (
     apps_problems,
@@ -242,3 +246,30 @@ def test_what_the_edge_and_the_database_read_has_one_shape(
         )
         == []
     )
+
+
+def test_monitored_apps_read_each_entry_then_the_fallback() -> None:
+    """What Prometheus watches per app: an entry's own values, else the variables every app
+    shares (FALLBACK); an entry's own health path is its liveness path unless it names one."""
+    fallback = {"fastapi_app_port": 8000, "fastapi_app_health_path": "/health",
+                "fastapi_app_rollback_health_path": "/livez",
+                "fastapi_app_metrics_path": "/metrics", "nginx_server_names": []}  # fmt: skip
+    entries = [
+        {"fastapi_app_name": "notes", "fastapi_app_health_path": "/health/ready",
+         "fastapi_app_rollback_health_path": "/health", "nginx_server_names": ["app.example.com"]},
+        {"fastapi_app_name": "typical", "fastapi_app_port": 8001, "fastapi_app_metrics_path": "",
+         "fastapi_app_health_path": "/api/v1/utils/health-check/",
+         "nginx_server_names": "t.example.com"},
+        {"fastapi_app_name": "tiny", "fastapi_app_port": 8002},
+    ]  # fmt: skip
+    got = {a["name"]: a for a in monitored_apps(entries, fallback)}
+    notes = {"name": "notes", "port": 8000, "live_path": "/health", "metrics_path": "/metrics"}
+    assert got["notes"] == {**notes, "server_names": ["app.example.com"]}
+    assert got["typical"]["live_path"] == "/api/v1/utils/health-check/"
+    assert got["typical"]["metrics_path"] == "" and got["typical"]["server_names"] == [
+        "t.example.com"
+    ]
+    assert got["tiny"]["live_path"] == "/livez" and got["tiny"]["port"] == 8002
+    # No fastapi_metal_apps: the one app the fastapi_app_* variables describe.
+    one = monitored_apps(None, {**fallback, "fastapi_app_name": "api"})
+    assert [(a["name"], a["port"], a["live_path"]) for a in one] == [("api", 8000, "/livez")]

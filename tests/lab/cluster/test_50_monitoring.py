@@ -182,10 +182,7 @@ def test_c_a_burst_of_5xx_at_the_edge_fires_the_ratio_alert(pebble_roots: Path) 
     for host in APP_HOSTS:
         stop(host, "tiny")
     try:
-        statuses = []
-        for _ in range(40):
-            out = tiny_request(pebble_roots)
-            statuses.append(out)
+        statuses = [tiny_request(pebble_roots) for _request in range(40)]
         assert statuses.count("502") >= 35, statuses
         rule_for = seconds(MON_VARS["monitoring_alert_edge_5xx_for"])
         took = wait_for("EdgeErrorRatioHigh in Alertmanager",
