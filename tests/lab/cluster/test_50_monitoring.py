@@ -145,7 +145,17 @@ def test_a_every_target_from_the_inventory_is_up() -> None:
     }
     assert len(query('probe_success{job="edge"} == 1')) == len(APPS)
     assert query("pg_up == 1") and query("nginx_up == 1")
-    assert not query('ALERTS{alertstate="firing"}'), "no alert fires on a healthy lab"
+
+    # The drills before this module (a dropped table, a restore's stopped apps) fire alerts
+    # of their own: each resolves once its window has passed, and then none fires.
+    def alerts() -> list[str]:
+        return sorted(r["metric"]["alertname"] for r in query("ALERTS"))
+
+    t0 = time.monotonic()
+    while (left := alerts()) and time.monotonic() - t0 < 180:
+        time.sleep(5)
+    assert not left, f"alerts on a healthy lab: {left}"
+    print(f"\nno alert pending or firing ({time.monotonic() - t0:.0f} s after the targets were up)")
 
 
 def test_b_an_app_stopped_on_one_host_fires_its_alert_and_resolves() -> None:
