@@ -334,3 +334,50 @@ def test_h_every_hosts_journal_is_in_one_place(session_log_marker: str) -> None:
     unit = "fastapi-metal-journal-vacuum.service"
     vacuum = lab_exec(MON, f"systemctl start {unit} && systemctl show -p Result --value {unit}")
     assert vacuum.stdout.strip() == "success", vacuum.stdout
+
+
+def test_i_a_failed_certificate_renewal_fires_its_alert() -> None:
+    """certbot.service failing on the lb host (its ExecStart replaced, for this test, by a
+    runtime drop-in) reaches Prometheus through the node exporter's systemd collector."""
+    lb = GROUPS["lb"][0]
+    dropin = "/run/systemd/system/certbot.service.d/fm-test-fail.conf"
+    assert not firing("CertificateRenewalFailing", host=lb)
+    lab_exec(lb, f"mkdir -p {Path(dropin).parent} && printf '[Service]\\nExecStart=\\n"
+             f"ExecStart=/bin/false\\n' > {dropin} && systemctl daemon-reload")  # fmt: skip
+    try:
+        failed = lab_exec(lb, "systemctl start certbot.service", check=False)
+        assert failed.returncode != 0
+        took = wait_for("CertificateRenewalFailing in Alertmanager",
+                        lambda: firing("CertificateRenewalFailing", host=lb),
+                        timeout=SCRAPE + 2 * EVALUATION + 30)  # fmt: skip
+        print(f"\nCertificateRenewalFailing fired {took:.1f} s after certbot.service failed")
+    finally:
+        lab_exec(lb, f"rm -f {dropin} && systemctl daemon-reload && "
+                 "systemctl reset-failed certbot.service")  # fmt: skip
+    wait_for(
+        "CertificateRenewalFailing resolved",
+        lambda: not firing("CertificateRenewalFailing", host=lb),
+        SCRAPE + 2 * EVALUATION + 30,
+    )
+
+
+def test_j_a_server_left_drained_fires_its_alert() -> None:
+    """A server drained at the edge (the drain helper records since when) fires
+    HostLeftDrained once it stays drained past the threshold, not before."""
+    lb = GROUPS["lb"][0]
+    host = sorted(APP_HOSTS)[1]
+    server = f"{APP_HOSTS[host]}:{TINY['fastapi_app_port']}"
+    threshold = int(MON_VARS["monitoring_alert_drained_seconds"])
+    assert not firing("HostLeftDrained", server=server)
+    lab_exec(lb, f"fastapi-metal-nginx upstream {server} down")
+    try:
+        took = wait_for("HostLeftDrained in Alertmanager",
+                        lambda: firing("HostLeftDrained", server=server),
+                        timeout=threshold + SCRAPE + 2 * EVALUATION + 30)  # fmt: skip
+        print(f"\nHostLeftDrained fired {took:.1f} s after the drain (threshold {threshold} s)")
+        assert took >= threshold - EVALUATION, "fired before the threshold"
+    finally:
+        lab_exec(lb, "fastapi-metal-nginx undrain-all")
+    wait_for("HostLeftDrained resolved", lambda: not firing("HostLeftDrained", server=server),
+             SCRAPE + 2 * EVALUATION + 30)  # fmt: skip
+    assert lab_exec(lb, "fastapi-metal-nginx drained").stdout.split() == []
