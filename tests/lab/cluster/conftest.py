@@ -51,8 +51,10 @@ def pebble_roots(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-def edge(path: str, roots: Path, *curl_args: str) -> subprocess.CompletedProcess[str]:
-    """curl through the edge as a client on the internet would (SNI app.lab.test)."""
+def edge(
+    path: str, roots: Path, *curl_args: str, site: str = SITE
+) -> subprocess.CompletedProcess[str]:
+    """curl through the edge as a client on the internet would (SNI app.lab.test, or SITE)."""
     return subprocess.run(
         [
             "curl",
@@ -62,11 +64,11 @@ def edge(path: str, roots: Path, *curl_args: str) -> subprocess.CompletedProcess
             "--cacert",
             str(roots),
             "--resolve",
-            f"{SITE}:443:{LB_IP}",
+            f"{site}:443:{LB_IP}",
             "--resolve",
-            f"{SITE}:80:{LB_IP}",
+            f"{site}:80:{LB_IP}",
             *curl_args,
-            f"https://{SITE}{path}",
+            f"https://{site}{path}",
         ],
         capture_output=True,
         text=True,

@@ -25,7 +25,7 @@ from cryptography import x509
 
 from tests.lab.ansible_run import INVENTORY, lab_exec
 from tests.lab.cluster.conftest import LAB_HOSTS, edge
-from tests.lab.topology import ADDRESSES, APP_HOSTS, GROUPS, LAB_VARS, LB_IP
+from tests.lab.topology import ADDRESSES, APP_HOSTS, GROUPS, LAB_VARS
 
 MON = GROUPS["monitoring"][0]
 MON_VARS: dict[str, Any] = yaml.safe_load((INVENTORY / "group_vars/monitoring.yml").read_text())
@@ -207,12 +207,8 @@ def test_c_a_burst_of_5xx_at_the_edge_fires_the_ratio_alert(pebble_roots: Path) 
 
 
 def tiny_request(roots: Path) -> str:
-    out = subprocess.run(
-        ["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "-m", "5", "--cacert", str(roots),
-         "--resolve", f"{TINY_NAME}:443:{LB_IP}", f"https://{TINY_NAME}/"],
-        capture_output=True, text=True, check=False,
-    )  # fmt: skip
-    return out.stdout.strip()
+    """The status code of one request for tiny through the edge."""
+    return edge("/", roots, "-o", "/dev/null", "-w", "%{http_code}", site=TINY_NAME).stdout.strip()
 
 
 def test_d_the_probe_reports_the_certificate_chains_real_expiry() -> None:
