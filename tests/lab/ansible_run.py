@@ -23,14 +23,6 @@ RECAP = re.compile(
 )
 
 
-# The lab's five hosts share one CPU weight (podman's libpod_parent cgroup) with every process
-# of the machine's own: the controller's forks and ssh clients would each weigh as much as all
-# the servers together, and starve the servers and the load generator that watches them
-# (server stalls of ~1 s, then a burst of answers the generator is late processing). The
-# controller stands in for an operator's machine: it runs niced, so it uses what is left.
-CONTROLLER = ("nice", "-n", "10")
-
-
 # ansible.posix.profile_tasks prints, under each TASK banner, when the task started:
 # "Tuesday 01 December 2026  07:40:01 +0000 (0:00:00.036)       0:00:05.678 ****".
 TASK_BANNER = re.compile(
@@ -119,7 +111,7 @@ def run_playbook(
     cmd = playbook_cmd(playbook, *args, extra=extra, inventory=inventory)
     start = time.monotonic()
     proc = subprocess.run(
-        [*CONTROLLER, *cmd],
+        cmd,
         cwd=ROOT,
         env=ansible_env(),
         capture_output=True,
@@ -148,7 +140,7 @@ def start_playbook(
 ) -> subprocess.Popen[str]:
     """Start a playbook in the background (for concurrent-deploy tests)."""
     return subprocess.Popen(
-        [*CONTROLLER, *playbook_cmd(playbook, *args, extra=extra)],
+        playbook_cmd(playbook, *args, extra=extra),
         cwd=ROOT,
         env=ansible_env(),
         stdout=subprocess.PIPE,
