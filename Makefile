@@ -23,6 +23,9 @@ export CONTAINERS_CONF := $(CURDIR)/lab/containers.conf
 export ANSIBLE_CONFIG  := $(CURDIR)/ansible.cfg
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 export SSLYZE := $(CURDIR)/.venv-sslyze/bin/sslyze
+# No task of the lab's or the tests' plays takes minutes: one that hangs (a service whose stop
+# waits out Debian's hour, say) fails after 20 with its name, instead of the run going silent.
+export ANSIBLE_TASK_TIMEOUT := 1200
 # Plain logs: CI keeps them as text.
 export NO_COLOR := 1
 export PY_COLORS := 0
