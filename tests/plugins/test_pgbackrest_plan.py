@@ -1,6 +1,6 @@
 """The pgbackrest module's restore request check (plugins/modules/pgbackrest.py): what it
 refuses before anything stops, and which backup and recovery type it picks. The restore itself
-runs on the lab (tests/lab/cluster/test_40_restore.py)."""
+runs on the lab (tests/lab/cluster/test_60_restore.py)."""
 
 from __future__ import annotations
 

@@ -127,9 +127,10 @@ def apps_back_up() -> Any:
 
 def test_a_every_target_from_the_inventory_is_up() -> None:
     """Every target the inventory implies, and only those, up; the probes behind them
-    succeeding; no alert. The drills before this module (a dropped table, a restore that
-    stopped every app) fire alerts of their own and leave failed probes in the last scrape:
-    each clears once its window has passed, so the lab gets up to 3 minutes to be quiet."""
+    succeeding; no alert. The drills before this module (releases failing their gate, a host
+    left drained) fire alerts of their own and leave failed probes in the last scrape: each
+    clears once its window has passed, so the lab gets up to 3 minutes to be quiet. (The
+    restore drill, test_60, runs after this module: its alerts took a minute to clear.)"""
     want = expected_targets()
     health = {k[1] for k in want if k[0] == "app_health"}
 
@@ -274,7 +275,7 @@ def test_e_one_request_id_is_found_at_the_edge_and_in_the_app(pebble_roots: Path
 
 
 def test_f_deploys_left_markers_and_audit_lines_in_one_place() -> None:
-    """The rolling upgrades and rollbacks of test_20 (and the holds of test_40): a marker per
+    """The rolling upgrades and rollbacks of test_20 and test_30: a marker per
     app and host in Prometheus, and each host's audit lines in the central journal."""
     markers = query('fastapi_metal_deploy_finished_timestamp_seconds{app="notes"}')
     assert {m["metric"]["host"] for m in markers} == set(APP_HOSTS), markers
