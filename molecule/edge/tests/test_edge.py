@@ -274,16 +274,32 @@ def test_access_log_is_json_with_request_id_and_upstream(lb, client1, pebble_roo
     assert entry["uri"] == "/health"
 
 
+# One request of the renewal's client loop, as an HTTP/2 client must make it (RFC 9113, 6.8):
+# a GOAWAY whose last stream id is below the request's says the server did not process it,
+# and the request is sent again on a new connection. nginx's old workers send exactly that
+# (GOAWAY, NO_ERROR, last_stream=0) on a connection they accepted just before a reload: curl
+# 7.88 reports it as "(16) Error in the HTTP2 framing layer" instead of retrying (seen here: 4
+# of 2,000 requests over 150 reloads; browsers and Go's client retry). The loop marks such a
+# request "unprocessed" and sends it once more; anything else that is not a 200, and a second
+# GOAWAY, is a failure.
+REQUEST = (
+    f'code=$({CURL} -v -o /dev/null -w "%{{http_code}}" {URL}/health 2>/tmp/req.err)'
+    " || { grep -q 'GOAWAY, error=0, last_stream=0' /tmp/req.err"
+    " && echo unprocessed >>/tmp/loop.log"
+    f' && code=$({CURL} -o /dev/null -w "%{{http_code}}" {URL}/health 2>/tmp/req.err); }}'
+    ' || code="failed:$(tail -n 1 /tmp/req.err | tr " " _)";'
+    ' echo "$code" >>/tmp/loop.log'
+)
+
+
 def test_forced_renewal_reloads_nginx_with_no_failed_request(lb, client2, pebble_root):
     before = serial(client2)
     workers_before = workers(lb)
     # A client loop on a path with no rate limit, a new TLS connection per request.
     client2.check_output(
-        "rm -f /tmp/loop.log /tmp/loop.stop; setsid -f sh -c '"
-        "while [ ! -e /tmp/loop.stop ]; do"
-        f' {CURL} -o /dev/null -w "%{{http_code}}\\n" {URL}/health >>/tmp/loop.log 2>&1'
-        " || echo failed >>/tmp/loop.log;"
-        " done; touch /tmp/loop.done' >/dev/null 2>&1"
+        "rm -f /tmp/loop.log /tmp/loop.stop; setsid -f sh -c "
+        + shlex.quote(f"while [ ! -e /tmp/loop.stop ]; do {REQUEST}; done; touch /tmp/loop.done")
+        + " >/dev/null 2>&1"
     )
     time.sleep(1)
     renew = lb.run(
@@ -306,9 +322,11 @@ def test_forced_renewal_reloads_nginx_with_no_failed_request(lb, client2, pebble
     assert f"Running deploy-hook command: {hook}" in log
     assert serial(client2) != before, "the renewed certificate is not served"
     assert not workers(lb) & workers_before, "nginx was not reloaded"
-    assert len(results) >= 20, results
-    failed = [r for r in results if r != "200"]
-    assert not failed, f"{len(failed)} of {len(results)} requests failed: {failed[:5]}"
+    answered = [r for r in results if r != "unprocessed"]
+    assert len(answered) >= 20, results
+    failed = [r for r in answered if r != "200"]
+    assert not failed, f"{len(failed)} of {len(answered)} requests failed: {failed[:5]}"
+    print(f"\n{len(answered)} requests, {len(results) - len(answered)} sent again after a GOAWAY")
 
 
 def sslyze() -> str:
