@@ -46,6 +46,10 @@ NGINX_ACCESS = LogSource("nginx access", files=("/var/log/nginx/access.log*",))
 NGINX_ERROR = LogSource("nginx error", files=("/var/log/nginx/error.log*",))
 LETSENCRYPT = LogSource("letsencrypt", files=("/var/log/letsencrypt/*",))
 DEPLOY_AUDIT = LogSource("fastapi-metal audit", files=("/var/log/fastapi-metal/*",))
+# pgBackRest's logs on a db host (a file per stanza and command: backup, archive-push, restore,
+# expire ...) and the restore record (role pgbackrest): its commands carry the repository's
+# passphrase in their configuration.
+PGBACKREST = LogSource("pgbackrest", files=("/var/log/pgbackrest/*",))
 # Every host's journal on the monitoring host (role monitoring).
 CENTRAL_JOURNAL = LogSource(
     "central journal", command="journalctl -D /var/log/journal/remote --no-pager -o cat"

@@ -244,23 +244,38 @@ def test_client_below_the_rate_gets_no_429(client2, pebble_root):
     assert client2.check_output(script).split() == ["200"] * 8
 
 
+# The rate limit (zone perip: 5r/s, burst 5) turns away n requests sent within t seconds only
+# when n > 1 + 5 + 5 t: a "never limited" loop slower than that would pass limited or not.
+TIMED = "s=$(date +%s%N); {loop}; echo elapsed_ms=$(( ($(date +%s%N) - s) / 1000000 ))"
+
+
+def codes_and_seconds(output: str) -> tuple[list[str], float]:
+    *codes, elapsed = output.split()
+    assert elapsed.startswith("elapsed_ms="), output
+    return codes, int(elapsed.removeprefix("elapsed_ms=")) / 1000
+
+
 def test_health_is_never_limited(client1, pebble_root):
-    script = (
+    loop = (
         "for i in $(seq 30); do"
         f" {CURL} -o /dev/null -w '%{{http_code}}\\n' {URL}/health;"
         f" {CURL} -o /dev/null -w '%{{http_code}}\\n' {URL}/health/ready;"
         " done"
     )
-    assert client1.check_output(script).split() == ["200"] * 60
+    codes, seconds = codes_and_seconds(client1.check_output(TIMED.format(loop=loop)))
+    assert codes == ["200"] * 60
+    assert 6 + 5 * seconds < 60, f"60 requests in {seconds:.1f} s: too slow to exceed the rate"
 
 
 def test_allowlisted_address_is_never_limited(lb):
-    script = (
+    loop = (
         "for i in $(seq 30); do"
         f" curl -sSk --resolve {SITE}:443:127.0.0.1 -o /dev/null -w '%{{http_code}}\\n' {URL}/;"
         " done"
     )
-    assert lb.check_output(script).split() == ["200"] * 30
+    codes, seconds = codes_and_seconds(lb.check_output(TIMED.format(loop=loop)))
+    assert codes == ["200"] * 30
+    assert 6 + 5 * seconds < 30, f"30 requests in {seconds:.1f} s: too slow to exceed the rate"
 
 
 def test_access_log_is_json_with_request_id_and_upstream(lb, client1, pebble_root):
@@ -326,7 +341,13 @@ def test_forced_renewal_reloads_nginx_with_no_failed_request(lb, client2, pebble
     assert len(answered) >= 20, results
     failed = [r for r in answered if r != "200"]
     assert not failed, f"{len(failed)} of {len(answered)} requests failed: {failed[:5]}"
-    print(f"\n{len(answered)} requests, {len(results) - len(answered)} sent again after a GOAWAY")
+    # The GOAWAY is the race of a connection accepted just before the reload: 4 in 2,000
+    # requests over 150 reloads when measured (e74577c), so 0 or 1 in this test's one reload.
+    # More says the reload turns away connections at large (a regression that GOAWAYs every
+    # new connection for a while), which retrying must not hide.
+    unprocessed = len(results) - len(answered)
+    assert unprocessed <= 2, f"{unprocessed} of {len(answered)} requests were sent a GOAWAY"
+    print(f"\n{len(answered)} requests, {unprocessed} sent again after a GOAWAY")
 
 
 def sslyze() -> str:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -19,6 +20,10 @@ SCENARIO = Path(__file__).resolve().parents[1]
 PASSWORD = yaml.safe_load((SCENARIO / "vars" / "secret.yml").read_text())["typical_first_password"]
 ADDRESS = "$(hostname -I | awk '{print $1}')"
 APPS = ("tiny", "typical")
+# A secret the bad-input runs carry: its plain-ASCII prefix is what a leak shows in any form
+# the output takes (Ansible's JSON results write a carriage return as \r, so the value
+# itself would not be seen).
+LEAK = "fm-sec-Q7"
 
 
 def journal(host, name: str) -> str:
@@ -43,6 +48,24 @@ def state(host) -> dict[str, tuple[str, str]]:
         )
         for name in APPS
     }
+
+
+def tree(host) -> list[str]:
+    """Every directory, file and link under the apps' roots with its mode, owner, size, mtime
+    and target: a release staged in releases/ or a configuration written in deploys/ shows
+    here before anything restarts or `current` moves (which is all state() sees)."""
+    roots = " ".join(f"/opt/{name}" for name in APPS)
+    out = host.run(f"find {roots} -printf '%y %m %u:%g %s %T@ %p %l\\n'")
+    assert out.rc == 0, out.stderr
+    lines = sorted(out.stdout.splitlines())
+    for name in APPS:  # the listing can see a release: it sees the live one
+        assert any(f" /opt/{name}/current /opt/{name}/deploys/" in line for line in lines), name
+    return lines
+
+
+def changed(before: list[str], after: list[str]) -> list[str]:
+    """The lines of two tree() listings that differ (a path added, removed or modified)."""
+    return sorted(set(before) ^ set(after), key=lambda line: line.split(" ")[5])
 
 
 def login(host, password: str) -> int:
@@ -86,7 +109,7 @@ def test_tinyapp_serves_its_release_with_the_lock_files_pins(host):
     code, body = curl(host, "/health", 8000)
     assert code == 200, f"{body}\n{journal(host, 'tiny')}"
     release = host.run("readlink -f /opt/tiny/current/release").stdout.strip().rsplit("/", 1)[1]
-    assert release.startswith("1.0.0-")
+    assert re.fullmatch(r"1\.0\.0-[0-9a-f]{10}", release), release  # <version>-<build key>
     assert json.loads(body) == {"status": "ok", "release": release}
     hello = json.loads(curl(host, "/", 8000)[1])
     assert hello["hello"] == "molecule"
@@ -192,23 +215,29 @@ def test_a_rollback_restores_code_and_configuration_together(host):
 # --- bad inputs stop before any host changes --------------------------------------------------
 
 
+# Each case carries a secret starting with LEAK, the bad one itself or a good one beside it.
 @pytest.mark.parametrize(
     ("extra", "words"),
     [
-        ({"fastapi_app_env": {"BAD KEY": "x"}},
+        ({"fastapi_app_env": {"BAD KEY": "x"},
+          "fastapi_app_secret_env": {"API_TOKEN": f"{LEAK}-a"}},
          "fastapi_app_env: expected names of letters, digits and _ and one-line values"),
-        ({"fastapi_app_env": {"MOTD": "one\ntwo"}}, "the value of MOTD holds a newline"),
-        ({"fastapi_app_secret_env": {"API_TOKEN": "x\ry"}},
+        ({"fastapi_app_env": {"MOTD": "one\ntwo"},
+          "fastapi_app_secret_env": {"API_TOKEN": f"{LEAK}-b"}},
+         "the value of MOTD holds a newline"),
+        ({"fastapi_app_secret_env": {"API_TOKEN": f"{LEAK}-c\ry"}},
          "the value of API_TOKEN holds a carriage return"),
     ],
 )  # fmt: skip
 def test_a_bad_environment_stops_in_preflight(host, extra, words):
-    before = state(host)
+    assert LEAK in json.dumps(extra), "the case carries the secret looked for"
+    before, files = state(host), tree(host)
     run = converge(**extra)
     out = run.stdout + run.stderr
     assert run.returncode != 0 and words in out, out[-3000:]
-    assert "x\ry" not in out
+    assert LEAK not in out, "the secret is in the run's output"
     assert state(host) == before
+    assert changed(files, tree(host)) == []
 
 
 def test_a_project_the_hosts_python_cannot_run_stops_before_any_host_changes(host, tmp_path):
@@ -218,10 +247,11 @@ def test_a_project_the_hosts_python_cannot_run_stops_before_any_host_changes(hos
     meta.write_text(
         meta.read_text().replace('requires-python = ">=3.11"', 'requires-python = ">=3.12"')
     )
-    before = state(host)
+    before, files = state(host), tree(host)
     run = converge(fastapi_app_source=str(project))
     out = run.stdout + run.stderr
     assert run.returncode != 0, out[-3000:]
     assert "requires Python >=3.12 (requires-python) but the app hosts run Python 3.11." in out
     assert "fastapi_app_python" in out
     assert state(host) == before
+    assert changed(files, tree(host)) == [], "a release staged or configured on the host"

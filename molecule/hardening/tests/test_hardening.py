@@ -87,6 +87,8 @@ def test_the_sandbox_is_in_effect_and_writable_only_where_the_app_keeps_state(ho
         if p not in allowed and not (p in PRIVATE_TMP and "/systemd-private-" in src)
     ]
     assert unexpected == [], unexpected
+    # The table was read: the state directory is there, writable.
+    assert f"/var/lib/{NAME}" in [p for p, _src in writable], table
     home = [row[0] for row in table if row[0] in ("/home", "/root")]
     assert home, "ProtectHome=true hides /home and /root"
 
@@ -120,12 +122,19 @@ def test_even_root_in_the_services_mount_namespace_writes_only_state_and_runtime
     assert not host.file(probe).exists
 
 
+def writable_by_the_app(host, *find_args: str) -> list[str]:
+    """What the app user may write, by find run as that user; find must have read every
+    directory (a path it could not list would hide what is under it)."""
+    out = host.run(f"runuser -u {NAME} -- find {' '.join(find_args)} -writable")
+    assert out.rc == 0, out.stderr
+    return out.stdout.split()
+
+
 def test_the_app_user_owns_none_of_its_code_or_configuration(host):
-    found = host.run(
-        f"runuser -u {NAME} -- find /opt/{NAME} /opt/{NAME}/current/ /opt/{NAME}/current/release/ "
-        "-writable"
-    ).stdout.split()
-    assert found == []
+    # The probe sees a writable path: the app's state directory.
+    assert writable_by_the_app(host, f"/var/lib/{NAME}", "-maxdepth 0") == [f"/var/lib/{NAME}"]
+    code = (f"/opt/{NAME}", f"/opt/{NAME}/current/", f"/opt/{NAME}/current/release/")
+    assert writable_by_the_app(host, *code) == []
 
 
 def test_the_env_file_is_0640_root_and_the_app_group(host):

@@ -6,12 +6,13 @@ links, config files and their mtimes, service start times) is the same after the
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 
 import pytest
 
 from tests.lab.ansible_run import lab_exec
-from tests.lab.topology import ADDRESSES, LAB_DB_PASSWORD
+from tests.lab.topology import ADDRESSES, lab_secrets
 from tests.security.preflight_cases import (
     APP_CASES,
     CASES,
@@ -32,9 +33,18 @@ STATE = {
     "lb1": "/etc/nginx/nginx.conf /etc/nftables.conf /etc/letsencrypt/live",
     "db1": "/etc/postgresql/15/main/pg_hba.conf /etc/postgresql/15/main/conf.d/* "
     "/etc/nftables.conf",
+    "mon1": "/etc/prometheus/prometheus.yml /etc/prometheus/alertmanager.yml "
+    "/etc/prometheus/blackbox.yml /etc/prometheus/rules/* /etc/default/prometheus "
+    "/etc/systemd/journal-remote.conf /etc/nftables.conf",
 }
 STATE["app2"] = STATE["app1"]
-SERVICES = {"app1": "notes", "app2": "notes", "lb1": "nginx", "db1": "postgresql@15-main"}
+SERVICES = {
+    "app1": "notes",
+    "app2": "notes",
+    "lb1": "nginx",
+    "db1": "postgresql@15-main",
+    "mon1": "prometheus",
+}
 
 
 def lab_state() -> dict[str, str]:
@@ -51,7 +61,16 @@ def lab_state() -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def before() -> dict[str, str]:
-    return lab_state()
+    state = lab_state()
+    # The snapshot sees each host's real state (a snapshot of errors would compare equal):
+    # its firewall file, and its service running since a known time.
+    assert set(state) == set(ADDRESSES), f"hosts not snapshotted: {set(ADDRESSES) - set(state)}"
+    for host, text in state.items():
+        lines = text.splitlines()
+        assert any(line.startswith("/etc/nftables.conf ") for line in lines), (host, text)
+        assert "ActiveState=active" in lines, (host, text)
+        assert any(re.fullmatch(r"ExecMainStartTimestamp=\S.*", line) for line in lines), text
+    return state
 
 
 @pytest.fixture(scope="module")
@@ -85,7 +104,8 @@ def test_the_matrix_has_at_least_12_bad_inventories() -> None:
 def test_bad_inventory_fails_in_preflight(case: Case, matrix: dict[str, IsolatedRun]) -> None:
     result = matrix[case.id]
     print(f"{case.id}: rc={result.run.rc} in {result.run.seconds:.1f} s, recap {result.run.recap}")
-    assert_stopped_in_preflight(result, case, secrets=[LAB_DB_PASSWORD])
+    # Every secret of the lab inventory (tests/lab/topology.py), the typical app's too.
+    assert_stopped_in_preflight(result, case, secrets=lab_secrets())
 
 
 def test_no_lab_host_changed_during_the_matrix(

@@ -22,6 +22,7 @@ from tests.helpers.logscan import (
     LETSENCRYPT,
     NGINX_ACCESS,
     NGINX_ERROR,
+    PGBACKREST,
     POSTGRESQL,
     LogSource,
     scan_for_secrets,
@@ -30,7 +31,7 @@ from tests.helpers.probe import expected_verdicts, probe_command, probe_problems
 from tests.helpers.role_defaults import role_defaults
 from tests.lab.ansible_run import lab_exec, run_playbook
 from tests.lab.cluster.conftest import SITE
-from tests.lab.topology import APP_HOSTS, DB_IP, LAB_DB_PASSWORD, LAB_VARS, LB_IP
+from tests.lab.topology import APP_HOSTS, DB_IP, LAB_VARS, LB_IP, lab_secrets
 
 LAB_APPS = LAB_VARS["fastapi_metal_apps"]
 APP_PORTS = [int(app["fastapi_app_port"]) for app in LAB_APPS]
@@ -39,6 +40,15 @@ OUTSIDER = "acme"  # on the lab network, in no inventory group
 APP = "notes"
 # A second secret, given only to the check run below: it must not surface anywhere either.
 NEW_SECRET = f"fm-sec-{secrets.token_hex(12)}"
+# What no output or log may hold: every secret of the lab inventory (its passwords, each app's
+# secret env, the backups' passphrase: tests/lab/topology.py reads them from the inventory)
+# and the new one. A failure names a secret by its position here, never by its value.
+SECRETS = [*lab_secrets(), NEW_SECRET]
+
+
+def leaked(text: str) -> list[int]:
+    """The positions (1-based, as in SECRETS) of the secrets that ``text`` holds."""
+    return [i + 1 for i, secret in enumerate(SECRETS) if secret in text]
 
 
 def probe(source: str, *targets: str) -> dict[str, str]:
@@ -83,10 +93,11 @@ def test_a_changed_secret_previewed_with_v_diff_shows_no_secret(tmp_path: Path) 
     }))  # fmt: skip
     run = run_playbook("site.yml", "--check", "--diff", "-v", "-e", f"@{extra}")
     assert run.rc == 0, run.tail()
-    # Booleans, so that a failure does not print the secret into the test log.
-    new_leaked, old_leaked = NEW_SECRET in run.output, LAB_DB_PASSWORD in run.output
-    assert not new_leaked, "the new secret is in the output of the -v --diff run"
-    assert not old_leaked, "the lab's database password is in the output of the -v --diff run"
+    # Positions, so that a failure does not print a secret into the test log. The new one is
+    # the last; the lab's old database password and every other secret of the inventory may
+    # not be in the output either.
+    found = leaked(run.output)
+    assert not found, f"secrets #{found} of {len(SECRETS)} are in the output of the -v --diff run"
     # The secret-bearing tasks did report the change (with their output withheld): a new
     # secret is a new configuration of the release, whose directory check mode reports.
     for host in [*APP_HOSTS, "db1"]:
@@ -103,7 +114,7 @@ def test_a_changed_secret_previewed_with_v_diff_shows_no_secret(tmp_path: Path) 
 LOG_SOURCES: dict[str, tuple[LogSource, ...]] = {
     "app1": (JOURNAL, DEPLOY_AUDIT),
     "app2": (JOURNAL, DEPLOY_AUDIT),
-    "db1": (JOURNAL, POSTGRESQL),
+    "db1": (JOURNAL, POSTGRESQL, PGBACKREST),
     "lb1": (JOURNAL, NGINX_ACCESS, NGINX_ERROR, LETSENCRYPT),
     "mon1": (JOURNAL, CENTRAL_JOURNAL),
 }
@@ -162,7 +173,21 @@ def log_markers(session_log_marker: str) -> dict[str, dict[str, str | tuple[str,
         # test_20_rolling has deployed: the source then fails for want of a marker).
         if DEPLOY_AUDIT in sources and (ids := deploy_ids(host)):
             markers[host][DEPLOY_AUDIT.name] = ids[-1]
+        # pgBackRest's log: the label of the repository's newest backup, which its backup
+        # command logged ("new backup label = ..."; test_60 and the deploys before it take
+        # backups in this session, the first converge took a full one).
+        if PGBACKREST in sources:
+            markers[host][PGBACKREST.name] = newest_backup_label(host)
     return markers
+
+
+def newest_backup_label(host: str) -> str:
+    stanza = role_defaults("pgbackrest")["pgbackrest_stanza"]
+    info = lab_exec(host, f"runuser -u postgres -- pgbackrest --output=json --stanza={stanza} info")
+    backups = json.loads(info.stdout)[0]["backup"]
+    assert backups, f"{host}: the repository holds no backup"
+    label: str = max(backups, key=lambda b: b["timestamp"]["stop"])["label"]
+    return label
 
 
 @pytest.mark.parametrize("host", list(LOG_SOURCES))
@@ -173,7 +198,7 @@ def test_no_secret_in_the_journal_or_any_log(
         lambda script: lab_exec(host, script).stdout,
         LOG_SOURCES[host],
         log_markers[host],
-        [LAB_DB_PASSWORD, NEW_SECRET],
+        SECRETS,
     )
     assert not problems, f"{host}:\n" + "\n".join(problems)
 
@@ -191,7 +216,7 @@ def test_no_secret_in_the_controllers_deploy_log() -> None:
         ),
         [source],
         {source.name: ids[-1]},
-        [LAB_DB_PASSWORD, NEW_SECRET],
+        SECRETS,
     )
     assert not problems, "\n".join(problems)
 
@@ -217,7 +242,9 @@ def test_the_service_runs_as_the_app_user_with_exposure_at_most_2(host: str) -> 
     assert len(mine) >= 2, f"the master and its workers: {mine}\n{journal(host, APP)}"
     assert {p[1] for p in mine} == {APP}, mine
     out = lab_exec(host, f"systemd-analyze security {APP}.service --no-pager").stdout
-    level = float(re.search(r"Overall exposure level for \S+: ([\d.]+)", out)[1])
+    exposure = re.search(r"Overall exposure level for \S+: ([\d.]+)", out)
+    assert exposure, out
+    level = float(exposure[1])
     assert level <= 2.0, out
 
 
@@ -225,13 +252,18 @@ def test_the_service_runs_as_the_app_user_with_exposure_at_most_2(host: str) -> 
 def test_the_app_user_can_write_nothing_of_its_code_or_configuration(host: str) -> None:
     # Ownership, whatever the sandbox: every file of the releases and of their configuration
     # is root's; the app user may write its state and runtime directories only.
-    writable = lab_exec(
+    found = lab_exec(
         host,
         f"runuser -u {APP} -- find /opt/{APP} /opt/{APP}/current/ /opt/{APP}/current/release/ "
         f"/etc/systemd/system/{APP}.service /etc/systemd/system/{APP}.socket -writable",
         check=False,
-    ).stdout.split()
-    assert writable == [], writable
+    )
+    # find read every path (an unreadable or missing one is an error, not "nothing writable").
+    assert found.returncode == 0 and found.stderr == "", found
+    assert found.stdout.split() == [], found.stdout
+    # The same command does list what the user may write (its state directory).
+    control = lab_exec(host, f"runuser -u {APP} -- find /var/lib/{APP} -maxdepth 0 -writable")
+    assert control.stdout.split() == [f"/var/lib/{APP}"], control
     assert (
         lab_exec(host, f"runuser -u {APP} -- test -w /var/lib/{APP}", check=False).returncode == 0
     )
@@ -283,6 +315,9 @@ def test_the_running_service_may_write_only_its_state_runtime_and_private_tmp(ho
         for point, opts, fstype, source in table
         if "rw" in opts and fstype not in virtual
     ]
+    # The table was read: the state directory is there, writable (else "no unexpected
+    # writable mount" could come from a parse that found nothing).
+    assert f"/var/lib/{APP}" in {p for p, _s in writable}, table
     unexpected = [
         (p, s)
         for p, s in writable
