@@ -60,7 +60,7 @@ import sys
 import threading
 import time
 from collections import Counter, deque
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -466,15 +466,22 @@ class LoadGenerator:
         paths: Sequence[str] = (),
         seed: int | None = 0,
         user_agent: str = "fastapi-metal-loadgen",
+        profile: Sequence[tuple[float, float]] = (),
     ) -> None:
         if rate <= 0:
             raise ValueError("rate must be positive")
+        if any(seconds <= 0 or phase_rate <= 0 for seconds, phase_rate in profile):
+            raise ValueError(f"profile: (seconds, rate) pairs, both positive, expected: {profile}")
         unknown = set(mix) - set(DEFAULT_MIX)
         if unknown or not any(weight > 0 for weight in mix.values()):
             raise ValueError(f"mix: weights for {sorted(DEFAULT_MIX)} expected, got {dict(mix)}")
         self.url = url.rstrip("/")
         self.rate = float(rate)
-        self.duration = duration
+        # Phases of (seconds, rate) in order: the timetable changes rate at each boundary
+        # (a step test, an overload spike) and ends with the last phase; `rate` and
+        # `duration` are then ignored.
+        self.profile = [(float(seconds), float(r)) for seconds, r in profile]
+        self.duration = sum(p[0] for p in self.profile) if self.profile else duration
         self.cafile = Path(cafile) if cafile is not None else None
         self.verify = verify
         self.resolve = dict(resolve or {})
@@ -549,6 +556,33 @@ class LoadGenerator:
     ) -> None:
         self.stop()
 
+    def run_in_thread(self) -> LoadResult:
+        """Run in a background thread (with its CPU priority, as under ``start()``) until
+        ``duration`` is over, and return the result."""
+        if self.duration is None:
+            raise ValueError("run_in_thread() needs a duration or a profile")
+        self.start()
+        assert self._thread is not None
+        self._thread.join(timeout=self.duration + self.timeout + 60)
+        result = self.stop()
+        assert result is not None
+        return result
+
+    def due_times(self) -> Iterator[float]:
+        """When each request is due, in seconds from the start: ``i / rate``, or phase by
+        phase along the profile."""
+        if not self.profile:
+            yield from (i / self.rate for i in itertools.count())
+            return
+        start = 0.0
+        for seconds, phase_rate in self.profile:
+            for i in itertools.count():
+                due = start + i / phase_rate
+                if due >= start + seconds:
+                    break
+                yield due
+            start += seconds
+
     def run(self) -> LoadResult:
         """Run in this thread until ``duration`` is over or ``stop()`` is called."""
         with asyncio.Runner(loop_factory=_new_event_loop) as runner:
@@ -606,8 +640,9 @@ class LoadGenerator:
             slots = asyncio.Semaphore(self.max_in_flight)
             self._started.set()
             index = 0
+            timetable = self.due_times()
+            due = next(timetable)
             while not self._stop.is_set():
-                due = index / self.rate
                 if self.duration is not None and due >= self.duration:
                     break
                 wait = due - (clock() - t0)
@@ -620,6 +655,7 @@ class LoadGenerator:
                 in_flight.add(task)
                 task.add_done_callback(in_flight.discard)
                 index += 1
+                due = next(timetable, math.inf)
                 if wait < -0.001 and index % 50 == 0:
                     await asyncio.sleep(0)  # catching up: let answers in between bursts
             if in_flight:

@@ -11,6 +11,7 @@ import socket
 import subprocess
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -35,8 +36,10 @@ SEND_AFTER_SIGTERM_S = 0.35
 
 
 @contextmanager
-def gunicorn(tmp_path: Path, config: str) -> Iterator[tuple[subprocess.Popen[bytes], int]]:
-    (tmp_path / "asgi.py").write_text(APP)
+def gunicorn(
+    tmp_path: Path, config: str, app: str = APP
+) -> Iterator[tuple[subprocess.Popen[bytes], int]]:
+    (tmp_path / "asgi.py").write_text(app)
     (tmp_path / "gunicorn.conf.py").write_text(config)
     port = free_port()
     argv = [str(VENV_BIN / "gunicorn"), "-c", "gunicorn.conf.py", "-w", "1",
@@ -90,3 +93,82 @@ def test_the_config_template_includes_the_worker(template: str) -> None:
     text = (ROOT / "roles/fastapi_app/templates" / template).read_text()
     assert "{% include 'gunicorn_worker.py' %}" in text
     assert "worker_class" not in text  # the included file sets it
+
+
+# --- bounded work: limit_concurrency and the request deadline --------------------------------
+
+SLOW_APP = """
+import asyncio
+
+CALLS = []
+
+
+async def app(scope, receive, send):
+    if scope["type"] != "http":
+        return
+    CALLS.append(scope["path"])
+    if scope["path"] == "/slow":
+        await asyncio.sleep(1.0)
+    body = str(len(CALLS)).encode()
+    length = [(b"content-length", str(len(body)).encode())]
+    await send({"type": "http.response.start", "status": 200, "headers": length})
+    await send({"type": "http.response.body", "body": body})
+"""
+
+
+def bounded(limit: int, deadline: float) -> str:
+    return (
+        WORKER.read_text()
+        + f"\nWorker.limit_concurrency = {limit}\nWorker.request_deadline = {deadline}\n"
+    )
+
+
+def get(port: int, path: str, headers: dict[str, str] | None = None) -> tuple[bytes, float]:
+    """A raw HTTP/1.1 GET: the whole answer and how long it took."""
+    lines = [f"GET {path} HTTP/1.1", "Host: app", "Connection: close"]
+    lines += [f"{name}: {value}" for name, value in (headers or {}).items()]
+    t0 = time.monotonic()
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as conn:
+        conn.sendall(("\r\n".join(lines) + "\r\n\r\n").encode())
+        answer = b""
+        while chunk := conn.recv(4096):
+            answer += chunk
+    return answer, time.monotonic() - t0
+
+
+def concurrent_slow(port: int, count: int) -> list[bytes]:
+    with ThreadPoolExecutor(count) as pool:
+        return [answer for answer, _ in pool.map(lambda _: get(port, "/slow"), range(count))]
+
+
+@pytest.mark.parametrize(("limit", "refused"), [(2, 1), (0, 0)])
+def test_past_limit_concurrency_a_worker_answers_503_at_once(
+    tmp_path: Path, limit: int, refused: int
+) -> None:
+    """Three slow requests at once on one worker: with a limit of 2 the third is refused with a
+    503 and Retry-After; with no limit (the control) all three are served."""
+    with gunicorn(tmp_path, bounded(limit, 0), SLOW_APP) as (_proc, port):
+        answers = concurrent_slow(port, 3)
+    busy = [a for a in answers if a.startswith(b"HTTP/1.1 503")]
+    served = [a for a in answers if a.startswith(b"HTTP/1.1 200")]
+    assert (len(busy), len(served)) == (refused, 3 - refused), answers
+    for answer in busy:
+        head = answer.lower()
+        assert b"retry-after: 1" in head and b"x-refused: busy" in head, answer
+
+
+def test_a_request_older_than_the_deadline_is_refused_without_running_the_app(
+    tmp_path: Path,
+) -> None:
+    with gunicorn(tmp_path, bounded(0, 1.5), SLOW_APP) as (_proc, port):
+        stale, took = get(port, "/", {"X-Request-Start": f"t={time.time() - 5:.3f}"})
+        fresh, _ = get(port, "/", {"X-Request-Start": f"t={time.time():.3f}"})
+        bare, _ = get(port, "/")
+        junk, _ = get(port, "/", {"X-Request-Start": "yesterday"})
+    head = stale.lower()
+    assert head.startswith(b"http/1.1 503") and b"x-refused: late" in head, stale
+    assert b"retry-after: 1" in head and took < 0.5, (stale, took)
+    # The app ran for the fresh request only after the stale one was refused: it counts 1.
+    assert fresh.startswith(b"HTTP/1.1 200") and fresh.endswith(b"1"), fresh
+    assert bare.startswith(b"HTTP/1.1 200") and bare.endswith(b"2"), bare  # no header: no deadline
+    assert junk.startswith(b"HTTP/1.1 200") and junk.endswith(b"3"), junk  # not a time: ignored

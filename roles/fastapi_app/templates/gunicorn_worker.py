@@ -1,11 +1,21 @@
-# The worker class: uvicorn_worker.UvicornWorker, except that a graceful stop lets a
-# connection it accepted just before send its request. Uvicorn, once it stops accepting,
-# closes at once every connection that has not sent a request yet; a request already on its
-# way then meets a reset, and nginx does not retry a POST elsewhere (seen on the lab: one
-# 502 in 1,004 requests while every app host restarted at once). This worker stops
-# accepting, waits until each such connection has sent its request (at most
-# ACCEPTED_GRACE_S), and then shuts down as uvicorn does: those requests are served.
-# (Included in gunicorn.conf.py by the fastapi_app role; plain Python, no template syntax.)
+# The worker class: uvicorn_worker.UvicornWorker, with two changes. (Included in
+# gunicorn.conf.py by the fastapi_app role; plain Python, no template syntax.)
+#
+# 1. A graceful stop lets a connection it accepted just before send its request. Uvicorn,
+#    once it stops accepting, closes at once every connection that has not sent a request
+#    yet; a request already on its way then meets a reset, and nginx does not retry a POST
+#    elsewhere (seen on the lab: one 502 in 1,004 requests while every app host restarted at
+#    once). This worker stops accepting, waits until each such connection has sent its
+#    request (at most ACCEPTED_GRACE_S), and then shuts down as uvicorn does.
+#
+# 2. Bounded work (Admission): at most `limit_concurrency` requests run at once in a worker,
+#    and a request that waited longer than `request_deadline` seconds since the edge received
+#    it (nginx's X-Request-Start: t=<epoch seconds>) is not run at all: both are answered at
+#    once with 503 and Retry-After, without calling the app. Offered more than it can serve,
+#    the service then serves about its capacity and refuses the rest in a millisecond,
+#    instead of queueing work for clients that have already given up. Lifespan and websocket
+#    events pass through untouched; a request without the header (the health gate's, on the
+#    host itself) has no deadline. The gunicorn.conf.py template sets both on the class.
 import asyncio
 import sys
 import time
@@ -15,6 +25,68 @@ from uvicorn.server import Server
 from uvicorn_worker import UvicornWorker
 
 ACCEPTED_GRACE_S = 1.0
+REQUEST_START_HEADER = b"x-request-start"
+
+
+def _request_start(headers):
+    """The edge's arrival time (epoch seconds) from `t=1733580000.123` (nginx's ${msec}),
+    or None when the header is missing or not a time."""
+    for name, value in headers:
+        if name == REQUEST_START_HEADER:
+            text = value.decode("latin-1").strip()
+            if text.startswith("t="):
+                text = text[2:]
+            try:
+                return float(text)
+            except ValueError:
+                return None
+    return None
+
+
+class Admission:
+    """An ASGI wrapper that refuses, with a fast 503, the requests this worker should not run."""
+
+    def __init__(self, app, limit_concurrency=0, request_deadline=0.0, retry_after=1):
+        self.app = app
+        self.limit_concurrency = int(limit_concurrency)
+        self.request_deadline = float(request_deadline)
+        self.retry_after = str(int(retry_after)).encode()
+        self.in_flight = 0
+
+    def refusal(self, scope):
+        """Why this request is refused ("busy" or "late"), or None to run it."""
+        if self.limit_concurrency > 0 and self.in_flight >= self.limit_concurrency:
+            return "busy"
+        if self.request_deadline > 0:
+            start = _request_start(scope.get("headers", ()))
+            if start is not None and time.time() - start > self.request_deadline:
+                return "late"
+        return None
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        reason = self.refusal(scope)
+        if reason is not None:
+            body = b'{"detail":"Service Unavailable"}'
+            await send({
+                "type": "http.response.start",
+                "status": 503,
+                "headers": [
+                    (b"content-type", b"application/json"),
+                    (b"content-length", str(len(body)).encode()),
+                    (b"retry-after", self.retry_after),
+                    (b"x-refused", reason.encode()),
+                ],
+            })  # fmt: skip
+            await send({"type": "http.response.body", "body": body})
+            return
+        self.in_flight += 1
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self.in_flight -= 1
 
 
 class _Server(Server):
@@ -32,8 +104,16 @@ class _Server(Server):
 
 
 class Worker(UvicornWorker):
+    # Set by the role's gunicorn.conf.py (fastapi_app_limit_concurrency,
+    # fastapi_app_request_deadline); 0 = no bound.
+    limit_concurrency = 0
+    request_deadline = 0.0
+    retry_after = 1
+
     async def _serve(self):
-        self.config.app = self.wsgi
+        self.config.app = Admission(
+            self.wsgi, self.limit_concurrency, self.request_deadline, self.retry_after
+        )
         server = _Server(config=self.config)
         self._install_sigquit_handler()
         await server.serve(sockets=self.sockets)

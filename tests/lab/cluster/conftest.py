@@ -7,10 +7,13 @@ import json
 import secrets
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from tests.lab.ansible_run import ROOT, lab_exec
+from tests.lab.capacity import FLOOR, Capacity, step_test
+from tests.lab.loadgen import LoadGenerator, LoadResult
 from tests.lab.topology import ADDRESSES, LAB_VARS, LB_IP
 
 SITE = LAB_VARS["lab_site_name"]
@@ -80,3 +83,64 @@ def edge_json(path: str, roots: Path) -> dict[str, object]:
     out = edge(path, roots)
     assert out.returncode == 0, out.stderr
     return json.loads(out.stdout)
+
+
+# --- capacity and the verdict of a run under load ------------------------------------------
+
+#: Runs under load during rollouts go at this fraction of the capacity measured in the same
+#: session (tests/lab/capacity.py): the proof means the same on any machine of the kind.
+ROLLOUT_FRACTION = 0.6
+RESULTS = ROOT / ".lab" / "results"
+
+
+def site_generator(roots: Path, **options: Any) -> LoadGenerator:
+    """Open-loop load on the notes app through the edge, verified against pebble's roots; a
+    pool as large as rate x timeout, so a slow second is measured as latency instead of
+    queueing in the client."""
+    peak = max((rate for _, rate in options.get("profile", ())), default=options.get("rate", 1))
+    options.setdefault("timeout", 2.0)
+    return LoadGenerator(
+        f"https://{SITE}", cafile=roots, resolve={SITE: LB_IP},
+        max_connections=int(peak * options["timeout"]) + 10, **options,
+    )  # fmt: skip
+
+
+@pytest.fixture(scope="session")
+def capacity(pebble_roots: Path) -> Capacity:
+    """The lab's capacity on this machine, measured once per session before the first run
+    under load; fails in seconds when the lab cannot carry even capacity.FLOOR."""
+    measured = step_test(
+        lambda rate, seconds: site_generator(pebble_roots, rate=rate, duration=seconds)
+        .run_in_thread()
+    )  # fmt: skip
+    measured.write_json(RESULTS / "capacity.json")
+    print(f"\n{measured.summary()}")
+    if measured.capacity < FLOOR:
+        pytest.fail(
+            f"the lab serves less than {FLOOR:g} req/s on this machine, too little for a "
+            f"rollout under load: {measured.summary()}"
+        )
+    return measured
+
+
+def zero_drop_problems(
+    result: LoadResult, capacity: Capacity, *, min_seconds: float, fraction: float
+) -> list[str]:
+    """Why a run under load does not prove "nothing dropped" (empty: it does): a failed
+    request; a rate under `fraction` of the measured capacity; fewer than `min_seconds` of
+    requests sent; or a generator that fell behind its timetable (it watched itself, not the
+    server)."""
+    totals = result.totals()
+    problems = []
+    if totals["failed"]:
+        problems.append(f"{totals['failed']} failed")
+    if result.rate < fraction * capacity.capacity - 1:
+        problems.append(
+            f"rate {result.rate:g}/s is under {fraction:.0%} of the capacity "
+            f"{capacity.capacity:g}/s"
+        )
+    if totals["sent"] < min_seconds * result.rate:
+        problems.append(f"{totals['sent']} sent, < {min_seconds:g} s at {result.rate:g}/s")
+    if totals["generator_behind"]:
+        problems.append(f"the generator fell behind in seconds {totals['behind_seconds'][:20]}")
+    return problems

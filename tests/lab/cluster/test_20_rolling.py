@@ -21,31 +21,34 @@ import pytest
 
 from tests.helpers.role_defaults import role_defaults
 from tests.lab.ansible_run import ROOT, PlaybookRun, lab_exec, run_playbook, start_playbook
-from tests.lab.cluster.conftest import SITE, edge, edge_json
+from tests.lab.capacity import Capacity, refusal_problems
+from tests.lab.cluster.conftest import (
+    ROLLOUT_FRACTION,
+    edge,
+    edge_json,
+    site_generator,
+    zero_drop_problems,
+)
 from tests.lab.loadgen import LoadGenerator, LoadResult
 from tests.lab.releases import make_release, read_release_info
-from tests.lab.topology import APP_HOSTS, LB_IP
+from tests.lab.topology import APP_HOSTS
 
 RESULTS = ROOT / ".lab" / "results"
 LOCK = "/var/lib/fastapi-metal/notes/deploy.lock"
 AUDIT = "/var/log/fastapi-metal/notes-deploys.jsonl"
 # The reference app, one of the lab's three apps: these tests deploy and roll back it alone.
 NOTES: dict[str, object] = {"fastapi_metal_app": "notes"}
-RATE = 200
-# A converge under load runs base, postgresql, nginx and certbot on all four lab hosts before
-# it touches an app host; in the lab those four "servers", the controller and the client share
-# two cores, already ~80 % busy at 200 req/s. Measured on such a machine: at 200 req/s the
-# plain site.yml (changed=0, no host touched) saturated the CPU and the service collapsed into
-# client timeouts (16,066 of 24,000 failed); at 100 req/s the same run: 0 of 11,000, p99 43 ms.
-# The converge's zero-drop runs at this rate: what it proves is the deploy, not the lab's cores.
-SITE_RATE = 100
-# The A->B run keeps the load going at least this long (>= 10,000 requests at 200/s),
-# whatever the rollout takes: the rollout is never slowed down to collect more.
+# Every run under load goes at ROLLOUT_FRACTION of the capacity the session measured first
+# (the `capacity` fixture, tests/lab/capacity.py), the converge's too: a fixed rate proved
+# something only on a machine with that much headroom (at a fixed 200 req/s a 2-core VM with
+# ~20 % to spare went to 100 % timeouts).
+# The A->B run keeps the load going at least this long, whatever the rollout takes: the
+# rollout is never slowed down to collect more.
 MIN_LOAD_SECONDS = 55
-# What each run under load must have sent for its zero-drop verdict to mean anything.
-MIN_SENT = {
-    "rolling-a-to-b": 10_000, "rolling-broken-c": RATE * 15, "rollback-b-to-a": RATE * 15,
-    "site-broken-c": SITE_RATE * 15,
+# How many seconds of requests each run under load must have sent for its zero-drop verdict
+# to mean anything.
+MIN_SECONDS = {
+    "rolling-a-to-b": 50, "rolling-broken-c": 15, "rollback-b-to-a": 15, "site-broken-c": 15,
 }  # fmt: skip
 # The staging tasks (a release unpacked and its venv built on hosts that are serving).
 STAGING_TASKS = ("wheelhouse is unpacked", "venv holds the app")
@@ -125,27 +128,18 @@ def state() -> dict[str, Any]:
     return {"A": current_release("app1")}
 
 
-def _load(pebble_roots: Path, rate: int) -> Iterator[LoadGenerator]:
+@pytest.fixture
+def load(pebble_roots: Path, capacity: Capacity) -> Iterator[LoadGenerator]:
     # Many clients, not one pool: up to rate x timeout connections, so a server hiccup is
     # measured as latency instead of being amplified by a client-side connection queue.
     # HTTP/1.1: httpx's HTTP/2 client mishandles nginx's GOAWAY every 1,000 requests.
-    gen = LoadGenerator(
-        f"https://{SITE}", rate=rate, cafile=pebble_roots, resolve={SITE: LB_IP}, timeout=2.0,
-        max_connections=int(rate * 2.0),
-    )  # fmt: skip
-    with gen:
+    rate = capacity.rate(ROLLOUT_FRACTION)
+    with site_generator(pebble_roots, rate=rate) as gen:
         gen.wait_for(rate * 3, timeout=30)  # steady traffic before anything starts
         yield gen
 
 
-@pytest.fixture
-def load(pebble_roots: Path) -> Iterator[LoadGenerator]:
-    yield from _load(pebble_roots, RATE)
-
-
-@pytest.fixture
-def converge_load(pebble_roots: Path) -> Iterator[LoadGenerator]:
-    yield from _load(pebble_roots, SITE_RATE)
+converge_load = load  # a converge under load: the same rate
 
 
 def finish(
@@ -158,7 +152,7 @@ def finish(
     """Keep the load on `after` s more (and `min_seconds` in all), stop it, record it, with
     the worst second while `run` staged its release on the serving hosts."""
     done = time.monotonic()
-    while time.monotonic() - done < after or load.sent < min_seconds * RATE:
+    while time.monotonic() - done < after or load.sent < min_seconds * load.rate:
         if time.monotonic() - done > 240:  # a generator that stalled must not hang the suite
             break
         time.sleep(0.5)
@@ -192,7 +186,6 @@ def test_a_rolling_upgrade_a_to_b_under_load_drops_nothing(
     state["B"] = b = str(releases["B"]["fastapi_app_release"])
     print(f"rollout {run.seconds:.1f} s; restart-to-healthy per host: {healthy_after(run)}")
 
-    assert result.sent >= 10_000, result.totals()
     # The answers switched from A to B (A first, then B; nothing else ever answered), and
     # the edge serves B.
     assert [row["release"] for row in result.releases()] == [state["A"], b], result.summary()
@@ -230,7 +223,7 @@ def test_b_broken_release_stops_at_the_first_host_which_goes_back(
     assert current_release("app1") == state["B"], "the failed host is back on B"
     assert current_release("app2") == state["B"]
     assert main_pid_since("app2") == before_app2, "the second host was never touched"
-    assert {row["release"] for row in result.releases()} <= {state["B"]}, "C never answered"
+    assert {row["release"] for row in result.releases()} == {state["B"]}, "C never answered"
     previous = lab_exec("app1", "readlink -f /opt/notes/previous/release").stdout.strip()
     assert previous.endswith(f"/releases/{state['A']}"), "previous is as it was"
 
@@ -280,7 +273,7 @@ def test_e_rollback_to_the_previous_release_drops_nothing(
     assert run.rc == 0, run.tail()
     print(f"rollback {run.seconds:.1f} s; restart-to-healthy per host: {healthy_after(run)}")
     assert all(current_release(host) == state["A"] for host in APP_HOSTS)
-    assert {row["release"] for row in result.releases()} <= {state["B"], state["A"]}
+    assert [row["release"] for row in result.releases()] == [state["B"], state["A"]]
     assert edge_json("/health", pebble_roots)["release"] == state["A"]
     assert db_revision() == revision, "a rollback does not touch the schema"
 
@@ -344,15 +337,14 @@ def test_f_site_yml_refuses_to_converge_while_a_deploy_holds_the_lock() -> None:
 
 
 def test_f_a_batch_of_every_app_host_is_restarted_without_a_drain(
-    state: dict[str, Any], pebble_roots: Path
+    state: dict[str, Any], pebble_roots: Path, capacity: Capacity
 ) -> None:
     """serial 100%: no host is left to take the traffic, so none is drained (the lb would
-    refuse every connection: 502s); the systemd sockets hold new connections through the
-    restarts instead. That costs latency, not errors: a patient client (10 s) sees none."""
-    gen = LoadGenerator(
-        f"https://{SITE}", rate=50, cafile=pebble_roots, resolve={SITE: LB_IP}, timeout=10.0,
-        max_connections=500,
-    )  # fmt: skip
+    refuse every connection: 503s); the systemd sockets hold new connections through the
+    restarts instead. That costs latency, not errors: a patient client (10 s) sees none. Its
+    own low rate (every host restarts at once: nothing serves for seconds, whatever the
+    capacity), judged as every other run under load but for the fraction."""
+    gen = site_generator(pebble_roots, rate=50, timeout=10.0)
     with gen:
         gen.wait_for(100, timeout=30)
         run = run_playbook("rollback.yml", extra={**NOTES, "fastapi_app_serial": "100%"})
@@ -360,7 +352,8 @@ def test_f_a_batch_of_every_app_host_is_restarted_without_a_drain(
     assert run.rc == 0, run.tail()
     print(f"whole-batch rollback {run.seconds:.1f} s; healthy after: {healthy_after(run)}")
     assert all(current_release(host) == state["A"] for host in APP_HOSTS)
-    assert result.failed == 0, result.summary()
+    problems = zero_drop_problems(result, capacity, min_seconds=10, fraction=0.0)
+    assert not problems, f"{problems}\n{result.summary()}"
     assert result.per_second()[-1]["releases"] == [state["A"]]
 
 
@@ -387,11 +380,18 @@ def drained_on_lb() -> list[str]:
 
 
 def test_h_site_yml_reverts_a_host_that_fails_its_gate_like_a_rollout(
-    releases: dict[str, dict[str, object]], state: dict[str, Any], converge_load: LoadGenerator
+    releases: dict[str, dict[str, object]],
+    state: dict[str, Any],
+    converge_load: LoadGenerator,
+    pebble_roots: Path,
+    capacity: Capacity,
 ) -> None:
     """A converge activates through the rolling upgrade's own path: a release that fails its
     health gate on the first host is reverted there, the host goes back on the lb, the run
-    stops before the next host, and no request fails meanwhile."""
+    stops before the next host, and no request fails meanwhile. Then the declared state again,
+    and a rerun that changes nothing under load at the full capacity measured: the converge's
+    own work on the serving hosts may cost requests only as fast refusals (503), never a
+    client left waiting (before the bounds, such a rerun collapsed the lab into timeouts)."""
     assert all(current_release(host) == state["A"] for host in APP_HOSTS)
     before_app2 = main_pid_since("app2")
     run = run_playbook("site.yml", extra={**releases["C"], "fastapi_app_health_timeout": 15})
@@ -403,14 +403,22 @@ def test_h_site_yml_reverts_a_host_that_fails_its_gate_like_a_rollout(
     assert all(current_release(host) == state["A"] for host in APP_HOSTS)
     assert main_pid_since("app2") == before_app2, "the second host was never touched"
     assert drained_on_lb() == [], "the reverted host is back in the upstream"
-    assert {row["release"] for row in result.releases()} <= {state["A"]}, "C never answered"
+    assert {row["release"] for row in result.releases()} == {state["A"]}, "C never answered"
 
     # The declared state again (this checkout's release): a plain converge, then a rerun
     # that changes nothing.
     again = run_playbook("site.yml")
     assert again.rc == 0, again.tail()
-    rerun = run_playbook("site.yml")
+    with site_generator(pebble_roots, rate=capacity.rate(1.0)) as full:
+        full.wait_for(full.rate * 3, timeout=30)
+        rerun = run_playbook("site.yml")
     assert rerun.rc == 0 and rerun.changed == 0, rerun.recap
+    result = full.result
+    result.write_json(RESULTS / "site-rerun-at-capacity.json")
+    print(f"\n--- load at capacity during a site.yml rerun ---\n{result.summary()}")
+    problems = refusal_problems(result)
+    assert not problems, f"{problems}\n{result.summary()}"
+    assert result.sent >= 30 * result.rate, result.summary()
 
 
 def test_i_site_yml_heals_a_host_left_drained_and_down() -> None:
@@ -505,18 +513,23 @@ def test_k_a_host_failing_its_gate_on_the_release_it_serves_is_left_as_it_is() -
 
 
 # The zero-drop claim, per run under load: 0 failed requests (no connection error, no timeout
-# at 2 s, every answer 2xx), from a generator that kept its timetable in every second, over a
-# run measured by this session (a result file left by an earlier run proves nothing).
+# at 2 s, every answer 2xx) at ROLLOUT_FRACTION of the capacity measured in this session,
+# from a generator that kept its timetable in every second (a little late in every second
+# adds up: the run's share of late requests counts too), over a run measured by this session
+# (a result file left by an earlier run proves nothing).
 @pytest.mark.zero_drop
-@pytest.mark.parametrize("run", list(MIN_SENT))
-def test_zero_drop(run: str) -> None:
+@pytest.mark.parametrize("run", list(MIN_SECONDS))
+def test_zero_drop(run: str, capacity: Capacity) -> None:
     result = MEASURED.get(run)
     if result is None:
         pytest.fail(f"{run}: no rollout under load ran in this session: nothing to judge")
     totals = result.totals()
-    print(f"{run}: {totals['sent']} sent, {totals['failed']} failed")
-    assert totals["sent"] >= MIN_SENT[run], f"{run}: {totals['sent']} sent, < {MIN_SENT[run]}"
-    assert totals["failed"] == 0, result.summary()
-    # In a second the generator fell behind it measured itself, not the server (and a little
-    # late in every second adds up: the run's share of late requests counts too).
-    assert not totals["generator_behind"], result.summary()
+    print(
+        f"{run}: {totals['sent']} sent at {result.rate:g}/s "
+        f"({result.rate / capacity.capacity:.0%} of {capacity.capacity:g}), "
+        f"{totals['failed']} failed"
+    )
+    problems = zero_drop_problems(
+        result, capacity, min_seconds=MIN_SECONDS[run], fraction=ROLLOUT_FRACTION
+    )
+    assert not problems, f"{run}: {problems}\n{result.summary()}"

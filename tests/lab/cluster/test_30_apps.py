@@ -18,6 +18,8 @@ from typing import Any
 import pytest
 
 from tests.lab.ansible_run import ROOT, lab_exec, run_playbook
+from tests.lab.capacity import Capacity
+from tests.lab.cluster.conftest import ROLLOUT_FRACTION, zero_drop_problems
 from tests.lab.loadgen import LoadGenerator, LoadResult
 from tests.lab.topology import APP_HOSTS, LAB_VARS, LB_IP
 
@@ -34,6 +36,11 @@ ANSWERS = {
     "tiny": ("/", '"hello": "lab"'),
 }
 RESULTS = ROOT / ".lab" / "results"
+# The loads on the three apps during one app's rollout add up to ROLLOUT_FRACTION of the
+# capacity the session measured (on notes' mix): most of it on the app that rolls.
+SHARES = {"typical": 4 / 6, "notes": 1 / 6, "tiny": 1 / 6}
+# Each run under load goes on at least this long, whatever the rollout takes.
+MIN_LOAD_SECONDS = 20
 
 
 def https(name: str, path: str, roots: Path, *args: str) -> subprocess.CompletedProcess[str]:
@@ -90,9 +97,12 @@ def test_each_app_is_served_at_its_own_name_with_a_certificate_of_its_own(
 
 def test_a_name_the_inventory_does_not_list_gets_no_answer(pebble_roots: Path) -> None:
     # The positive control is the test above (listed names answer); an unknown name's TLS
-    # handshake is refused by the default server.
-    out = https("other.lab.test", "/", pebble_roots)
-    assert out.returncode != 0 and out.stdout == "", out
+    # handshake is refused by the default server (ssl_reject_handshake: the "unrecognized
+    # name" alert, curl's 35), not answered with another site's certificate (curl's 60) nor
+    # by an unreachable edge (7, 28): as molecule/edge's test_unknown_names_get_no_answer.
+    out = https("other.lab.test", "/", pebble_roots, "-S")  # -S: curl names its error
+    assert out.returncode == 35 and "unrecognized name" in out.stderr, out
+    assert out.stdout == "", out
 
 
 def test_the_typical_projects_first_user_logs_in_through_its_edge(pebble_roots: Path) -> None:
@@ -113,6 +123,19 @@ def test_the_typical_projects_first_user_logs_in_through_its_edge(pebble_roots: 
     assert bad.stdout.endswith("\n400"), bad
 
 
+def hold(loads: dict[str, LoadGenerator], seconds: float) -> None:
+    """Keep the loads on until each has sent `seconds` of requests (a stalled generator must
+    not hang the suite: at most 120 s more)."""
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and any(g.sent < seconds * g.rate for g in loads.values()):
+        time.sleep(0.5)
+
+
+def verdict(result: LoadResult, capacity: Capacity, fraction: float) -> None:
+    problems = zero_drop_problems(result, capacity, min_seconds=MIN_LOAD_SECONDS, fraction=fraction)
+    assert not problems, f"{problems}\n{result.summary()}"
+
+
 def load_on(app: str, roots: Path, rate: int) -> LoadGenerator:
     name = NAMES[app]
     paths = {
@@ -121,12 +144,12 @@ def load_on(app: str, roots: Path, rate: int) -> LoadGenerator:
     }  # notes: the notes mix (reads and writes PostgreSQL)
     return LoadGenerator(
         f"https://{name}", rate=rate, cafile=roots, resolve={name: LB_IP}, timeout=2.0,
-        max_connections=rate * 2, paths=paths.get(app, ()),
+        max_connections=rate * 2 + 10, paths=paths.get(app, ()),
     )  # fmt: skip
 
 
 def test_a_rolling_upgrade_of_one_app_under_load_drops_nothing_and_restarts_no_other(
-    tmp_path: Path, pebble_roots: Path
+    tmp_path: Path, pebble_roots: Path, capacity: Capacity
 ) -> None:
     # A new release of typical: the project as it is, its version bumped.
     source = tmp_path / "typical"
@@ -141,9 +164,8 @@ def test_a_rolling_upgrade_of_one_app_under_load_drops_nothing_and_restarts_no_o
 
     before = {(h, a): started(h, a) for h in APP_HOSTS for a in NAMES}
     loads = {
-        "typical": load_on("typical", pebble_roots, 100),
-        "notes": load_on("notes", pebble_roots, 25),
-        "tiny": load_on("tiny", pebble_roots, 25),
+        app: load_on(app, pebble_roots, capacity.rate(ROLLOUT_FRACTION * share))
+        for app, share in SHARES.items()
     }
     for gen in loads.values():
         gen.start()
@@ -154,6 +176,7 @@ def test_a_rolling_upgrade_of_one_app_under_load_drops_nothing_and_restarts_no_o
             "rolling_upgrade.yml",
             extra={"fastapi_metal_app": "typical", "fastapi_app_source": str(source)},
         )
+        hold(loads, MIN_LOAD_SECONDS)
     finally:
         results: dict[str, LoadResult | None] = {app: gen.stop() for app, gen in loads.items()}
     RESULTS.mkdir(parents=True, exist_ok=True)
@@ -172,20 +195,23 @@ def test_a_rolling_upgrade_of_one_app_under_load_drops_nothing_and_restarts_no_o
         for other in ("notes", "tiny"):
             assert after[(host, other)] == before[(host, other)], f"{other} restarted on {host}"
     for app, result in results.items():
-        assert result is not None and result.sent >= 500, (app, result and result.totals())
-        assert result.failed == 0, (app, result.summary())
+        assert result is not None
+        verdict(result, capacity, ROLLOUT_FRACTION * SHARES[app])
 
 
-def test_a_rollback_of_one_app_under_load_restores_it_alone(pebble_roots: Path) -> None:
+def test_a_rollback_of_one_app_under_load_restores_it_alone(
+    pebble_roots: Path, capacity: Capacity
+) -> None:
     """Back from the upgrade above: typical returns to the release (and configuration) it ran
     before, on every host; notes and tiny are not restarted."""
     upgraded = {host: release_of(host, "typical") for host in APP_HOSTS}
     assert all(".1-" in release for release in upgraded.values()), upgraded  # the bumped one
     before = {(h, a): started(h, a) for h in APP_HOSTS for a in NAMES}
-    gen = load_on("typical", pebble_roots, 50)
+    gen = load_on("typical", pebble_roots, capacity.rate(ROLLOUT_FRACTION))
     with gen:
         gen.wait_for(50, timeout=30)
         run = run_playbook("rollback.yml", extra={"fastapi_metal_app": "typical"})
+        hold({"typical": gen}, MIN_LOAD_SECONDS)
     result = gen.result
     result.write_json(RESULTS / "apps-rollback-typical-load.json")
     print(f"\n--- load on typical during its rollback ---\n{result.summary()}")
@@ -199,7 +225,7 @@ def test_a_rollback_of_one_app_under_load_restores_it_alone(pebble_roots: Path) 
         )
         for other in ("notes", "tiny"):
             assert after[(host, other)] == before[(host, other)], f"{other} restarted on {host}"
-    assert result.sent >= 250 and result.failed == 0, result.summary()
+    verdict(result, capacity, ROLLOUT_FRACTION)
 
 
 def test_a_converge_that_changes_one_apps_settings_restarts_that_app_alone(

@@ -1,0 +1,122 @@
+"""The capacity step test and the overload verdicts (tests/lab/capacity.py) on synthetic
+runs: each verdict fails on the run it exists to catch (a collapse into timeouts, slow
+refusals, no recovery, a starved generator) and passes on a graceful one."""
+
+from __future__ import annotations
+
+import itertools
+
+from tests.lab.capacity import (
+    P99_LIMIT,
+    judge,
+    overload_figures,
+    overload_problems,
+    refusal_problems,
+    step_test,
+)
+from tests.lab.loadgen import LoadGenerator, LoadResult, Sample
+
+
+def run(
+    phases: list[tuple[float, float, float, int | None, str | None]],
+) -> LoadResult:
+    """A run of phases (seconds, rate, latency, status, error), requests on the timetable."""
+    result = LoadResult(url="http://x", rate=1.0, timeout=2.0, started_at=0.0)
+    start, index = 0.0, 0
+    for seconds, rate, latency, status, error in phases:
+        for i in range(int(seconds * rate)):
+            due = start + i / rate
+            result.samples.append(
+                Sample(index, "list", due, due, latency, status, error, "r1", None)
+            )
+            index += 1
+        start += seconds
+    return result
+
+
+def served_up_to(limit: float):  # type: ignore[no-untyped-def]
+    def run_step(rate: float, seconds: float) -> LoadResult:
+        latency = 0.01 if rate <= limit else 0.9
+        return run([(seconds, rate, latency, 200, None)])
+
+    return run_step
+
+
+def test_the_step_test_finds_the_rate_where_p99_crosses_the_limit() -> None:
+    capacity = step_test(served_up_to(200))
+    assert 170 <= capacity.capacity <= 200, capacity.summary()
+    assert [s.rate for s in capacity.steps if s.passed][-1] == capacity.capacity
+    assert any(not step.passed for step in capacity.steps)
+    assert capacity.rate(0.6) == int(capacity.capacity * 0.6)
+
+
+def test_a_step_fails_on_one_refusal_or_a_slow_p99() -> None:
+    ok = run([(4, 100, 0.01, 200, None)])
+    assert judge(ok, 100).passed
+    refused = run([(4, 100, 0.01, 200, None), (0.02, 100, 0.001, 503, None)])
+    assert not judge(refused, 100).passed
+    slow = run([(4, 100, P99_LIMIT + 0.01, 200, None)])
+    assert not judge(slow, 100).passed
+
+
+def test_a_lab_that_serves_nothing_measures_zero() -> None:
+    assert step_test(served_up_to(0)).capacity == 0
+
+
+PROFILE = [(5.0, 50.0), (60.0, 200.0), (15.0, 50.0)]
+
+
+def test_a_collapse_into_timeouts_fails_the_overload_verdict() -> None:
+    collapsed = run([
+        (5, 50, 0.01, 200, None), (60, 200, 2.0, None, "timeout"), (15, 50, 2.0, None, "timeout"),
+    ])  # fmt: skip
+    problems = overload_problems(overload_figures(collapsed, PROFILE), capacity=100)
+    text = " ".join(problems)
+    assert "goodput" in text and "timeout" in text and "not back" in text, problems
+
+
+def test_a_graceful_overload_passes_and_slow_refusals_or_no_recovery_do_not() -> None:
+    served, refused = (60, 90, 0.2, 200, None), (60, 110, 0.005, 503, None)
+    graceful = run([(5, 50, 0.01, 200, None)])
+    graceful.samples += run([served]).samples + run([refused]).samples
+    for s in graceful.samples[250:]:
+        s.due += 5
+        s.sent += 5
+    tail = run([(15, 50, 0.01, 200, None)])
+    for s in tail.samples:
+        s.due += 65
+        s.sent += 65
+    graceful.samples += tail.samples
+    figures = overload_figures(graceful, PROFILE)
+    assert overload_problems(figures, capacity=100) == [], figures
+    assert figures["goodput"] == 90 and figures["recovered_after_s"] == 0
+
+    for s in graceful.samples:
+        if s.status == 503:
+            s.latency = 1.5  # a refusal that kept the client waiting
+    figures = overload_figures(graceful, PROFILE)
+    assert any("refusal took" in p for p in overload_problems(figures, capacity=100))
+    for s in tail.samples[:400]:
+        s.latency = 0.6  # slow for 8 s after the spike, then back
+    figures = overload_figures(graceful, PROFILE)
+    assert figures["recovered_after_s"] == 8
+
+
+def test_refusals_are_allowed_only_fast_and_nothing_else_is() -> None:
+    fast = run([(10, 50, 0.01, 200, None), (1, 50, 0.01, 503, None)])
+    assert refusal_problems(fast) == []
+    slow = run([(10, 50, 0.01, 200, None), (1, 50, 1.5, 503, None)])
+    assert refusal_problems(slow)
+    timeout = run([(10, 50, 0.01, 200, None), (0.1, 50, 2.0, None, "timeout")])
+    assert "timeout" in " ".join(refusal_problems(timeout))
+    bad_gateway = run([(10, 50, 0.01, 200, None), (0.1, 50, 0.01, 502, None)])
+    assert refusal_problems(bad_gateway)
+
+
+def test_a_profile_changes_the_rate_at_each_phase() -> None:
+    gen = LoadGenerator("http://127.0.0.1:9", profile=[(1.0, 10.0), (2.0, 100.0), (1.0, 10.0)])
+    due = list(gen.due_times())
+    assert len(due) == 10 + 200 + 10
+    assert gen.duration == 4.0
+    assert due[10] == 1.0 and due[210] == 3.0
+    assert all(b > a for a, b in itertools.pairwise(due))
