@@ -130,6 +130,29 @@ def step_test(run_step: Callable[[float, float], LoadResult]) -> Capacity:
     return Capacity(capacity=best, steps=steps)
 
 
+def zero_drop_problems(
+    result: LoadResult, capacity: Capacity, *, min_seconds: float, fraction: float
+) -> list[str]:
+    """Why a run under load does not prove "nothing dropped" (empty: it does): a failed
+    request; a rate under `fraction` of the measured capacity; fewer than `min_seconds` of
+    requests sent; or a generator that fell behind its timetable (it watched itself, not the
+    server)."""
+    totals = result.totals()
+    problems = []
+    if totals["failed"]:
+        problems.append(f"{totals['failed']} failed")
+    if result.rate < fraction * capacity.capacity - 1:
+        problems.append(
+            f"rate {result.rate:g}/s is under {fraction:.0%} of the capacity "
+            f"{capacity.capacity:g}/s"
+        )
+    if totals["sent"] < min_seconds * result.rate:
+        problems.append(f"{totals['sent']} sent, < {min_seconds:g} s at {result.rate:g}/s")
+    if totals["generator_behind"]:
+        problems.append(f"the generator fell behind in seconds {totals['behind_seconds'][:20]}")
+    return problems
+
+
 # -- overload ---------------------------------------------------------------------------------
 
 #: Offered during the spike, as a multiple of the capacity; the spike's length; the rate

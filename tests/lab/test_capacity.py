@@ -8,11 +8,13 @@ import itertools
 
 from tests.lab.capacity import (
     P99_LIMIT,
+    Capacity,
     judge,
     overload_figures,
     overload_problems,
     refusal_problems,
     step_test,
+    zero_drop_problems,
 )
 from tests.lab.loadgen import LoadGenerator, LoadResult, Sample
 
@@ -120,3 +122,22 @@ def test_a_profile_changes_the_rate_at_each_phase() -> None:
     assert gen.duration == 4.0
     assert due[10] == 1.0 and due[210] == 3.0
     assert all(b > a for a, b in itertools.pairwise(due))
+
+
+def test_a_generator_that_starved_fails_the_zero_drop_verdict_though_nothing_failed() -> None:
+    """The review's case: every answer 200, but the generator's loop stalled 5 s (the server
+    was not watched then): failed == 0 and enough sent, and still no proof."""
+    starved = run([(30, 50, 0.005, 200, None)])
+    for s in starved.samples:
+        if 3 <= s.due < 8:
+            s.sent = 8.0
+    starved.rate = 50
+    capacity = Capacity(capacity=80, steps=[])
+    assert starved.failed == 0 and starved.sent >= 500
+    problems = zero_drop_problems(starved, capacity, min_seconds=20, fraction=0.6)
+    assert problems == ["the generator fell behind in seconds [8]"], problems
+    kept = run([(30, 50, 0.005, 200, None)])
+    kept.rate = 50
+    assert zero_drop_problems(kept, capacity, min_seconds=20, fraction=0.6) == []
+    assert zero_drop_problems(kept, capacity, min_seconds=40, fraction=0.6)  # too short
+    assert zero_drop_problems(kept, Capacity(capacity=200, steps=[]), min_seconds=20, fraction=0.6)

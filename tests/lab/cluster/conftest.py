@@ -13,7 +13,7 @@ import pytest
 
 from tests.lab.ansible_run import ROOT, lab_exec
 from tests.lab.capacity import FLOOR, Capacity, step_test
-from tests.lab.loadgen import LoadGenerator, LoadResult
+from tests.lab.loadgen import LoadGenerator
 from tests.lab.topology import ADDRESSES, LAB_VARS, LB_IP
 
 SITE = LAB_VARS["lab_site_name"]
@@ -121,26 +121,3 @@ def capacity(pebble_roots: Path) -> Capacity:
             f"rollout under load: {measured.summary()}"
         )
     return measured
-
-
-def zero_drop_problems(
-    result: LoadResult, capacity: Capacity, *, min_seconds: float, fraction: float
-) -> list[str]:
-    """Why a run under load does not prove "nothing dropped" (empty: it does): a failed
-    request; a rate under `fraction` of the measured capacity; fewer than `min_seconds` of
-    requests sent; or a generator that fell behind its timetable (it watched itself, not the
-    server)."""
-    totals = result.totals()
-    problems = []
-    if totals["failed"]:
-        problems.append(f"{totals['failed']} failed")
-    if result.rate < fraction * capacity.capacity - 1:
-        problems.append(
-            f"rate {result.rate:g}/s is under {fraction:.0%} of the capacity "
-            f"{capacity.capacity:g}/s"
-        )
-    if totals["sent"] < min_seconds * result.rate:
-        problems.append(f"{totals['sent']} sent, < {min_seconds:g} s at {result.rate:g}/s")
-    if totals["generator_behind"]:
-        problems.append(f"the generator fell behind in seconds {totals['behind_seconds'][:20]}")
-    return problems

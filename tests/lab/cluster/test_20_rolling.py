@@ -21,13 +21,12 @@ import pytest
 
 from tests.helpers.role_defaults import role_defaults
 from tests.lab.ansible_run import ROOT, PlaybookRun, lab_exec, run_playbook, start_playbook
-from tests.lab.capacity import Capacity, refusal_problems
+from tests.lab.capacity import Capacity, refusal_problems, zero_drop_problems
 from tests.lab.cluster.conftest import (
     ROLLOUT_FRACTION,
     edge,
     edge_json,
     site_generator,
-    zero_drop_problems,
 )
 from tests.lab.loadgen import LoadGenerator, LoadResult
 from tests.lab.releases import make_release, read_release_info

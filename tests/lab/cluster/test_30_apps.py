@@ -18,8 +18,8 @@ from typing import Any
 import pytest
 
 from tests.lab.ansible_run import ROOT, lab_exec, run_playbook
-from tests.lab.capacity import Capacity
-from tests.lab.cluster.conftest import ROLLOUT_FRACTION, zero_drop_problems
+from tests.lab.capacity import Capacity, zero_drop_problems
+from tests.lab.cluster.conftest import ROLLOUT_FRACTION
 from tests.lab.loadgen import LoadGenerator, LoadResult
 from tests.lab.topology import APP_HOSTS, LAB_VARS, LB_IP
 
