@@ -31,7 +31,7 @@ export NO_COLOR := 1
 export PY_COLORS := 0
 export ANSIBLE_FORCE_COLOR := 0
 
-.PHONY: help setup lab lab-up lab-down lab-status lint sanity test test-app test-molecule test-zero-drop timings clean
+.PHONY: help setup lab lab-up lab-down lab-status lint sanity test test-app test-molecule test-zero-drop timings bench clean
 
 help:  ## List the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -123,6 +123,15 @@ test-molecule: setup  ## molecule test for every scenario in MOLECULE_SCENARIOS
 
 timings: lab  ## Time a facts-only play, a site.yml rerun and rolling upgrades on the lab; APPS=8: then scale out to 8 app hosts and back (.lab/results/timings.json)
 	$(BIN)/python -m tests.lab.timings --apps $(APPS)
+
+# matplotlib draws the benchmark's timeline: installed into the project venv by this target
+# alone (nothing else needs it).
+$(STAMPS)/bench: $(STAMPS)/venv
+	$(BIN)/pip install -q -c constraints.txt matplotlib
+	touch $@
+
+bench: lab $(STAMPS)/bench  ## Capacity, overload, a rolling upgrade beside the naive baseline on the lab (bench/results/<date>.json + .png)
+	$(BIN)/python -m tests.lab.bench
 
 test-zero-drop: lab  ## The cluster verify tests (rolling upgrades under load, 0 failed requests) on the local lab
 	$(BIN)/pytest -p no:cacheprovider tests/lab/cluster -v -s

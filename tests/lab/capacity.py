@@ -170,13 +170,15 @@ REFUSAL_SECONDS = 1.0
 RECOVERY_SECONDS = 10.0
 
 
-def overload_profile(capacity: float) -> list[tuple[float, float]]:
-    """Calm, a spike at OVERLOAD_FACTOR x capacity for OVERLOAD_SECONDS, calm again."""
+def overload_profile(
+    capacity: float, seconds: float = OVERLOAD_SECONDS
+) -> list[tuple[float, float]]:
+    """Calm, a spike at OVERLOAD_FACTOR x capacity for `seconds`, calm again."""
     calm = max(1.0, round(capacity * OVERLOAD_CALM))
     spike = max(2.0, round(capacity * OVERLOAD_FACTOR))
     return [
         (OVERLOAD_LEAD_SECONDS, calm),
-        (OVERLOAD_SECONDS, spike),
+        (seconds, spike),
         (OVERLOAD_TAIL_SECONDS, calm),
     ]
 

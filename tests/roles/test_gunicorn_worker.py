@@ -126,6 +126,8 @@ def bounded(limit: int, deadline: float) -> str:
 def get(port: int, path: str, headers: dict[str, str] | None = None) -> tuple[bytes, float]:
     """A raw HTTP/1.1 GET: the whole answer and how long it took."""
     lines = [f"GET {path} HTTP/1.1", "Host: app", "Connection: close"]
+    if headers is None:  # as the edge sends it
+        headers = {"X-Request-Start": f"t={time.time():.3f}"}
     lines += [f"{name}: {value}" for name, value in (headers or {}).items()]
     t0 = time.monotonic()
     with socket.create_connection(("127.0.0.1", port), timeout=10) as conn:
@@ -136,19 +138,22 @@ def get(port: int, path: str, headers: dict[str, str] | None = None) -> tuple[by
     return answer, time.monotonic() - t0
 
 
-def concurrent_slow(port: int, count: int) -> list[bytes]:
+def concurrent_slow(port: int, count: int, edge: bool) -> list[bytes]:
+    headers = None if edge else {}
     with ThreadPoolExecutor(count) as pool:
-        return [answer for answer, _ in pool.map(lambda _: get(port, "/slow"), range(count))]
+        answers = pool.map(lambda _: get(port, "/slow", headers), range(count))
+        return [answer for answer, _ in answers]
 
 
-@pytest.mark.parametrize(("limit", "refused"), [(2, 1), (0, 0)])
+@pytest.mark.parametrize(("limit", "edge", "refused"), [(2, True, 1), (0, True, 0), (2, False, 0)])
 def test_past_limit_concurrency_a_worker_answers_503_at_once(
-    tmp_path: Path, limit: int, refused: int
+    tmp_path: Path, limit: int, edge: bool, refused: int
 ) -> None:
-    """Three slow requests at once on one worker: with a limit of 2 the third is refused with a
-    503 and Retry-After; with no limit (the control) all three are served."""
+    """Three slow requests at once on one worker, as the edge sends them: with a limit of 2
+    the third is refused with a 503 and Retry-After; with no limit (the control) all three are
+    served. Sent without the edge's X-Request-Start (a health gate, a probe), none is refused."""
     with gunicorn(tmp_path, bounded(limit, 0), SLOW_APP) as (_proc, port):
-        answers = concurrent_slow(port, 3)
+        answers = concurrent_slow(port, 3, edge)
     busy = [a for a in answers if a.startswith(b"HTTP/1.1 503")]
     served = [a for a in answers if a.startswith(b"HTTP/1.1 200")]
     assert (len(busy), len(served)) == (refused, 3 - refused), answers
@@ -163,7 +168,7 @@ def test_a_request_older_than_the_deadline_is_refused_without_running_the_app(
     with gunicorn(tmp_path, bounded(0, 1.5), SLOW_APP) as (_proc, port):
         stale, took = get(port, "/", {"X-Request-Start": f"t={time.time() - 5:.3f}"})
         fresh, _ = get(port, "/", {"X-Request-Start": f"t={time.time():.3f}"})
-        bare, _ = get(port, "/")
+        bare, _ = get(port, "/", {})
         junk, _ = get(port, "/", {"X-Request-Start": "yesterday"})
     head = stale.lower()
     assert head.startswith(b"http/1.1 503") and b"x-refused: late" in head, stale

@@ -14,8 +14,9 @@
 #    once with 503 and Retry-After, without calling the app. Offered more than it can serve,
 #    the service then serves about its capacity and refuses the rest in a millisecond,
 #    instead of queueing work for clients that have already given up. Lifespan and websocket
-#    events pass through untouched; a request without the header (the health gate's, on the
-#    host itself) has no deadline. The gunicorn.conf.py template sets both on the class.
+#    events pass through untouched; a request without the header (the health gate's on the
+#    host, a monitoring probe's) is never refused, so a busy host still passes its gate. The
+#    gunicorn.conf.py template sets both bounds on the class.
 import asyncio
 import sys
 import time
@@ -54,13 +55,17 @@ class Admission:
         self.in_flight = 0
 
     def refusal(self, scope):
-        """Why this request is refused ("busy" or "late"), or None to run it."""
+        """Why this request is refused ("busy" or "late"), or None to run it. Only what the
+        edge sends is bounded (it carries X-Request-Start): a health gate's or a monitoring
+        probe's request on the app port is never refused for being one too many, so a busy
+        host still tells "healthy" apart from "broken"."""
+        start = _request_start(scope.get("headers", ()))
+        if start is None:
+            return None
         if self.limit_concurrency > 0 and self.in_flight >= self.limit_concurrency:
             return "busy"
-        if self.request_deadline > 0:
-            start = _request_start(scope.get("headers", ()))
-            if start is not None and time.time() - start > self.request_deadline:
-                return "late"
+        if self.request_deadline > 0 and time.time() - start > self.request_deadline:
+            return "late"
         return None
 
     async def __call__(self, scope, receive, send):
