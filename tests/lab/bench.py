@@ -105,7 +105,7 @@ server {{
 
 
 def generator(roots: Path, port: int = 443, **options: Any) -> LoadGenerator:
-    peak = max((r for _, r in options.get("profile", ())), default=options.get("rate", 1))
+    peak = max((r for _seconds, r in options.get("profile", ())), default=options.get("rate", 1))
     url = f"https://{SITE}" + ("" if port == 443 else f":{port}")
     return LoadGenerator(
         url, cafile=roots, resolve={SITE: LB_IP}, timeout=2.0,

@@ -185,7 +185,7 @@ def overload_profile(
 
 def overload_figures(result: LoadResult, profile: list[tuple[float, float]]) -> dict[str, Any]:
     """Goodput and refusals during the spike, and when latency was back after it."""
-    (lead, _), (spike_seconds, spike_rate), _ = profile
+    (lead, _calm), (spike_seconds, spike_rate), _tail = profile
     end = lead + spike_seconds
     during = [s for s in result.samples if lead <= s.due < end]
     after = [s for s in result.samples if s.due >= end]

@@ -164,10 +164,12 @@ def listening_on_every_host() -> Listening:
 
 
 def firewall_differences(
-    source: Source, lab: Listening, hosts: Iterable[str] = ADDRESSES
+    source: Source, lab: Listening, hosts: Iterable[str] | None = None
 ) -> dict[str, tuple[str, str]]:
     """Probe every port of ``hosts`` (but the source's own) from ``source``: the targets whose
-    verdict is not the spec's, as {target: (expected, seen)}; empty when every one is."""
+    verdict is not the spec's, as {target: (expected, seen)}; empty when every one is. Every
+    lab host by default."""
+    hosts = ADDRESSES if hosts is None else hosts
     targets = [t for host in hosts if host != source.name for t in lab.targets[host]]
     seen = probe(source, targets)
     want = expected(source, lab.ports, targets)

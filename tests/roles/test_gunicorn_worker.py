@@ -141,8 +141,8 @@ def get(port: int, path: str, headers: dict[str, str] | None = None) -> tuple[by
 def concurrent_slow(port: int, count: int, edge: bool) -> list[bytes]:
     headers = None if edge else {}
     with ThreadPoolExecutor(count) as pool:
-        answers = pool.map(lambda _: get(port, "/slow", headers), range(count))
-        return [answer for answer, _ in answers]
+        answers = pool.map(lambda _i: get(port, "/slow", headers), range(count))
+        return [answer for answer, _took in answers]
 
 
 @pytest.mark.parametrize(("limit", "edge", "refused"), [(2, True, 1), (0, True, 0), (2, False, 0)])
@@ -167,9 +167,9 @@ def test_a_request_older_than_the_deadline_is_refused_without_running_the_app(
 ) -> None:
     with gunicorn(tmp_path, bounded(0, 1.5), SLOW_APP) as (_proc, port):
         stale, took = get(port, "/", {"X-Request-Start": f"t={time.time() - 5:.3f}"})
-        fresh, _ = get(port, "/", {"X-Request-Start": f"t={time.time():.3f}"})
-        bare, _ = get(port, "/", {})
-        junk, _ = get(port, "/", {"X-Request-Start": "yesterday"})
+        fresh, _took = get(port, "/", {"X-Request-Start": f"t={time.time():.3f}"})
+        bare, _took = get(port, "/", {})
+        junk, _took = get(port, "/", {"X-Request-Start": "yesterday"})
     head = stale.lower()
     assert head.startswith(b"http/1.1 503") and b"x-refused: late" in head, stale
     assert b"retry-after: 1" in head and took < 0.5, (stale, took)

@@ -115,7 +115,7 @@ def test_every_role_is_classified_for_secrets() -> None:
 @pytest.mark.parametrize("role", ROLES)
 def test_exactly_the_secret_options_are_no_log_in_the_spec(role: str) -> None:
     options = spec_options(role)
-    marked = {name for _, name, opt in options if opt.get("no_log") is True}
+    marked = {name for _entry, name, opt in options if opt.get("no_log") is True}
     assert marked == SECRET_OPTIONS[role], "the options marked no_log: true != SECRET_OPTIONS"
     # Each entry point that declares a secret marks it (an entry point may redeclare an option).
     unmarked = [
@@ -128,7 +128,7 @@ def test_exactly_the_secret_options_are_no_log_in_the_spec(role: str) -> None:
 
 @pytest.mark.parametrize("role", ROLES)
 def test_an_option_named_like_a_secret_is_listed_as_one(role: str) -> None:
-    leaves = {name: name.rsplit(".", 1)[-1] for _, name, _ in spec_options(role)}
+    leaves = {name: name.rsplit(".", 1)[-1] for _entry, name, _opt in spec_options(role)}
     named = {name for name, leaf in leaves.items() if SECRET_WORD.search(leaf)}
     assert sorted(named - SECRET_OPTIONS[role]) == [], "named like a secret: list it as one"
 

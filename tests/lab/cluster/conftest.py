@@ -97,7 +97,9 @@ def site_generator(roots: Path, **options: Any) -> LoadGenerator:
     """Open-loop load on the notes app through the edge, verified against pebble's roots; a
     pool as large as rate x timeout, so a slow second is measured as latency instead of
     queueing in the client."""
-    peak = max((rate for _, rate in options.get("profile", ())), default=options.get("rate", 1))
+    peak = max(
+        (rate for _seconds, rate in options.get("profile", ())), default=options.get("rate", 1)
+    )
     options.setdefault("timeout", 2.0)
     return LoadGenerator(
         f"https://{SITE}", cafile=roots, resolve={SITE: LB_IP},
