@@ -115,12 +115,22 @@ def test_child_exit_forgets_a_dead_workers_live_gauges_but_keeps_its_counters(
     assert sorted(p.name for p in tmp_path.iterdir()) == ["counter_4242.db", "gauge_all_4242.db"]
 
 
+@pytest.mark.parametrize("value", [None, "", " "])
 def test_hooks_do_nothing_without_multiprocess_mode(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    value: str | None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.delenv("PROMETHEUS_MULTIPROC_DIR", raising=False)
+    if value is None:
+        monkeypatch.delenv("PROMETHEUS_MULTIPROC_DIR", raising=False)
+    else:
+        monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", value)
+    # Metric files where a directory taken as "" or "." would point: they must stay.
+    monkeypatch.chdir(tmp_path)
+    seeded = ["counter_1.db", "gauge_livesum_1.db"]
+    for name in seeded:
+        (tmp_path / name).write_bytes(b"")
     on_starting(None)
     child_exit(None, _Worker(1))
+    assert sorted(p.name for p in tmp_path.iterdir()) == seeded
 
 
 def test_on_starting_removes_only_metric_files(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import subprocess
 import sys
 
@@ -34,6 +35,34 @@ def test_importing_the_app_needs_no_settings_and_no_database() -> None:
     )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "imported"
+
+
+def test_importing_the_app_with_a_database_url_opens_no_connection() -> None:
+    # libpq connects from C, past a patched socket.connect: a listener that never accepts
+    # keeps any connection the import made in its backlog.
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(8)
+        listener.settimeout(0.5)
+        port = listener.getsockname()[1]
+        url = f"postgresql://app:import-probe@127.0.0.1:{port}/app"
+        proc = subprocess.run(
+            [sys.executable, "-c", "import app.main\nassert app.main.app.title\nprint('imported')"],
+            env=clean_env(DATABASE_URL=url),
+            cwd="/tmp",
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert proc.returncode == 0, proc.stderr
+        assert proc.stdout.strip() == "imported"
+        with pytest.raises(TimeoutError):
+            listener.accept()  # nothing connected
+        # The listener does see a connection when one is made.
+        with socket.create_connection(("127.0.0.1", port), timeout=2):
+            accepted, _peer = listener.accept()
+            accepted.close()
 
 
 def test_startup_fails_with_a_message_naming_the_variable(app_env: pytest.MonkeyPatch) -> None:

@@ -299,7 +299,9 @@ def test_refused_connections_500s_and_dropped_connections_are_failures(
     stub.state.behaviour = "close"
     dropped = LoadGenerator(f"http://127.0.0.1:{stub.port}", rate=50, duration=0.5).run()
     assert dropped.failed == dropped.sent == 25
-    assert set(dropped.totals()["by_error"]) <= {"remote_protocol_error", "read_error"}
+    by_error = dropped.totals()["by_error"]
+    assert sum(by_error.values()) == 25, by_error  # every failure is a dropped connection
+    assert set(by_error) <= {"remote_protocol_error", "read_error"}, by_error
 
 
 def test_a_server_that_never_answers_is_a_timeout_and_late_requests_are_not_held_back() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import secrets
 from pathlib import Path
 
@@ -23,6 +24,8 @@ def test_every_app_host_is_healthy_with_the_same_release() -> None:
         assert body["status"] == "healthy", (name, body)
         current = lab_exec(name, "readlink -f /opt/notes/current/release").stdout.strip()
         assert body["release"] == current.rsplit("/", 1)[1]
+        # Both come from the role: the id must also have the build's form, <version>-<key>.
+        assert re.fullmatch(r"\d+\.\d+\.\d+-[0-9a-f]{10}", body["release"]), body
         releases.add(body["release"])
     assert len(releases) == 1, releases
 
@@ -46,7 +49,10 @@ def test_http_redirects_to_https() -> None:
     assert out.stdout == "301 https://app.lab.test/notes", out.stdout
 
 
-def test_check_diff_changes_nothing_and_shows_no_secret() -> None:
+def test_check_diff_changes_nothing() -> None:
+    # A run that changes nothing prints no diff, so it cannot show a secret in one: that is
+    # test_90_security's test_a_changed_secret_previewed_with_v_diff_shows_no_secret (a new
+    # password, -v --diff). Here the output and the journal are still searched.
     run = run_playbook("site.yml", "--check", "--diff")
     assert run.rc == 0, run.tail()
     assert run.recap and run.changed == 0, run.recap

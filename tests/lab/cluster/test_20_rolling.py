@@ -234,7 +234,8 @@ def test_c_failing_migration_restarts_nothing(
     run = run_playbook("rolling_upgrade.yml", extra=releases["D"])
     assert run.rc != 0
     state["D"] = releases["D"]["fastapi_app_release"]
-    assert "migration of" in run.output and "failed" in run.output
+    flat = " ".join(run.output.split())
+    assert f"The migration of {state['D']} failed" in flat, run.tail()
     assert {host: main_pid_since(host) for host in APP_HOSTS} == started, "no host restarted"
     assert db_revision() == head_of(releases["B"]), "schema still at B's head"
     assert all(current_release(host) == state["B"] for host in APP_HOSTS)
@@ -286,22 +287,25 @@ def test_f_a_concurrent_deploy_is_refused_by_the_lock(
     )
     try:
         deadline = time.monotonic() + 120
-        while lab_exec("app1", f"test -f {LOCK}", check=False).returncode != 0:
+        # The holder, read while the lock is held: the file is created, then its JSON line
+        # written (deploy_lock), so a line ending in a newline is the whole holder.
+        held = lab_exec("app1", f"cat {LOCK}", check=False).stdout
+        while not held.endswith("\n"):
             assert first.poll() is None, "the first deploy ended before taking the lock"
             assert time.monotonic() < deadline, "the first deploy never took the lock"
             time.sleep(0.2)
+            held = lab_exec("app1", f"cat {LOCK}", check=False).stdout
+        holder = json.loads(held)
         second = run_playbook("rollback.yml", extra=NOTES)
         assert second.rc != 0
         flat = " ".join(second.output.split())
         assert "Another deploy holds the lock" in flat and "fastapi_app_break_lock=true" in flat
-        holder = json.loads(lab_exec("app1", f"cat {LOCK}", check=False).stdout or "{}")
-        if holder:  # the first deploy may have finished meanwhile
-            assert holder["action"] == "deploy" and holder["who"] in flat
+        assert holder["action"] == "deploy" and f"deploy by {holder['who']} " in flat, holder
     finally:
         out, _err = first.communicate(timeout=600)
     assert first.returncode == 0, out[-4000:]
     assert all(current_release(host) == state["B"] for host in APP_HOSTS)
-    assert lab_exec("app1", f"test -e {LOCK}", check=False).returncode != 0, "the lock is released"
+    lab_exec("app1", f"test ! -e {LOCK}")  # the lock is released (a failed exec raises too)
 
     # keep_releases=2: the newest two, plus the live (B) and previous (A) ones, are kept.
     for host in APP_HOSTS:

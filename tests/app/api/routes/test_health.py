@@ -46,7 +46,8 @@ def test_health_is_503_at_once_when_nothing_listens(
     assert body["release"] == RELEASE
     assert body["detail"] == "cannot connect to the database"
     assert response.headers["X-App-Release"] == RELEASE
-    assert elapsed < HEALTH_BUDGET_S
+    # At once: a refused connection is not waited out like a silent one (HEALTH_DB_TIMEOUT 1.5 s).
+    assert elapsed < 1.0, f"took {elapsed:.2f}s"
 
 
 def test_health_answers_503_within_2s_when_the_database_hangs(
@@ -74,8 +75,10 @@ def test_health_timeout_follows_the_setting(make_client: ClientFactory, pg: PgCl
         client = make_client(pg.url("app", port=port), health_db_timeout=0.3)
         started = time.monotonic()
         response = client.get("/health")
+        elapsed = time.monotonic() - started
         assert response.status_code == 503
-        assert time.monotonic() - started < 1.0
+        assert 0.25 <= elapsed < 1.0, f"took {elapsed:.2f}s"
+        assert response.json()["detail"] == "no answer from the database within 0.3s"
 
 
 def test_health_degrades_when_the_database_stops_and_recovers_when_it_is_back(
