@@ -27,13 +27,14 @@ from tests.lab.loadgen import LoadResult, percentile
 #: generator keeps its timetable.
 P99_LIMIT = 0.250
 #: The first rate tried, the factor between steps, the rate at which the test stops looking.
-START_RATE = 40.0
+START_RATE = 60.0
 STEP_FACTOR = 1.3
 MAX_RATE = 2000.0
 #: Seconds per step, and the first part of each step left out of its verdict (the pool opens
-#: its connections and TLS sessions then).
-STEP_SECONDS = 4.0
-WARMUP_SECONDS = 0.75
+#: its connections and TLS sessions then). Steps of 4 s overstated what the lab sustains
+#: (374 req/s measured, then a rollout at 60 % of it met 503s while a host restarted).
+STEP_SECONDS = 6.0
+WARMUP_SECONDS = 1.0
 #: Below this the lab cannot carry a meaningful rollout under load.
 FLOOR = 30.0
 

@@ -23,6 +23,7 @@ from tests.helpers.role_defaults import role_defaults
 from tests.lab.ansible_run import ROOT, PlaybookRun, lab_exec, run_playbook, start_playbook
 from tests.lab.capacity import Capacity, refusal_problems, zero_drop_problems
 from tests.lab.cluster.conftest import (
+    CONVERGE_FRACTION,
     ROLLOUT_FRACTION,
     edge,
     edge_json,
@@ -138,7 +139,12 @@ def load(pebble_roots: Path, capacity: Capacity) -> Iterator[LoadGenerator]:
         yield gen
 
 
-converge_load = load  # a converge under load: the same rate
+@pytest.fixture
+def converge_load(pebble_roots: Path, capacity: Capacity) -> Iterator[LoadGenerator]:
+    rate = capacity.rate(CONVERGE_FRACTION)
+    with site_generator(pebble_roots, rate=rate) as gen:
+        gen.wait_for(rate * 3, timeout=30)
+        yield gen
 
 
 def finish(
@@ -392,9 +398,9 @@ def test_h_site_yml_reverts_a_host_that_fails_its_gate_like_a_rollout(
     """A converge activates through the rolling upgrade's own path: a release that fails its
     health gate on the first host is reverted there, the host goes back on the lb, the run
     stops before the next host, and no request fails meanwhile. Then the declared state again,
-    and a rerun that changes nothing under load at the full capacity measured: the converge's
-    own work on the serving hosts may cost requests only as fast refusals (503), never a
-    client left waiting (before the bounds, such a rerun collapsed the lab into timeouts)."""
+    and a rerun that changes nothing under the same load: the converge's own work on the
+    serving hosts may cost requests only as fast refusals (503), never a client left waiting
+    (before the bounds, such a rerun collapsed the lab into timeouts)."""
     assert all(current_release(host) == state["A"] for host in APP_HOSTS)
     before_app2 = main_pid_since("app2")
     run = run_playbook("site.yml", extra={**releases["C"], "fastapi_app_health_timeout": 15})
@@ -412,13 +418,13 @@ def test_h_site_yml_reverts_a_host_that_fails_its_gate_like_a_rollout(
     # that changes nothing.
     again = run_playbook("site.yml")
     assert again.rc == 0, again.tail()
-    with site_generator(pebble_roots, rate=capacity.rate(1.0)) as full:
+    with site_generator(pebble_roots, rate=capacity.rate(CONVERGE_FRACTION)) as full:
         full.wait_for(full.rate * 3, timeout=30)
         rerun = run_playbook("site.yml")
     assert rerun.rc == 0 and rerun.changed == 0, rerun.recap
     result = full.result
-    result.write_json(RESULTS / "site-rerun-at-capacity.json")
-    print(f"\n--- load at capacity during a site.yml rerun ---\n{result.summary()}")
+    result.write_json(RESULTS / "site-rerun-under-load.json")
+    print(f"\n--- load during a site.yml rerun ---\n{result.summary()}")
     problems = refusal_problems(result)
     assert not problems, f"{problems}\n{result.summary()}"
     assert result.sent >= 30 * result.rate, result.summary()
@@ -516,7 +522,8 @@ def test_k_a_host_failing_its_gate_on_the_release_it_serves_is_left_as_it_is() -
 
 
 # The zero-drop claim, per run under load: 0 failed requests (no connection error, no timeout
-# at 2 s, every answer 2xx) at ROLLOUT_FRACTION of the capacity measured in this session,
+# at 2 s, every answer 2xx) at ROLLOUT_FRACTION of the capacity measured in this session (a
+# converge's run at CONVERGE_FRACTION),
 # from a generator that kept its timetable in every second (a little late in every second
 # adds up: the run's share of late requests counts too), over a run measured by this session
 # (a result file left by an earlier run proves nothing).
@@ -532,7 +539,6 @@ def test_zero_drop(run: str, capacity: Capacity) -> None:
         f"({result.rate / capacity.capacity:.0%} of {capacity.capacity:g}), "
         f"{totals['failed']} failed"
     )
-    problems = zero_drop_problems(
-        result, capacity, min_seconds=MIN_SECONDS[run], fraction=ROLLOUT_FRACTION
-    )
+    fraction = CONVERGE_FRACTION if run.startswith("site-") else ROLLOUT_FRACTION
+    problems = zero_drop_problems(result, capacity, min_seconds=MIN_SECONDS[run], fraction=fraction)
     assert not problems, f"{run}: {problems}\n{result.summary()}"
