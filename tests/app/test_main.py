@@ -14,6 +14,21 @@ from tests.helpers.cli import clean_env
 from tests.helpers.testclient import TestClient
 
 
+def import_in_a_fresh_python(code: str, **env: str) -> None:
+    """Run `code` (which imports the app and prints "imported") in a new interpreter."""
+    proc = subprocess.run(
+        [sys.executable, "-c", code],
+        env=clean_env(**env),
+        cwd="/tmp",
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "imported"
+
+
 def test_importing_the_app_needs_no_settings_and_no_database() -> None:
     # No DATABASE_URL at all: importing app.main (what gunicorn does first) must still work.
     code = (
@@ -24,17 +39,7 @@ def test_importing_the_app_needs_no_settings_and_no_database() -> None:
         "assert app.main.app.title\n"
         "print('imported')\n"
     )
-    proc = subprocess.run(
-        [sys.executable, "-c", code],
-        env=clean_env(),
-        cwd="/tmp",
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.strip() == "imported"
+    import_in_a_fresh_python(code)
 
 
 def test_importing_the_app_with_a_database_url_opens_no_connection() -> None:
@@ -46,17 +51,9 @@ def test_importing_the_app_with_a_database_url_opens_no_connection() -> None:
         listener.settimeout(0.5)
         port = listener.getsockname()[1]
         url = f"postgresql://app:import-probe@127.0.0.1:{port}/app"
-        proc = subprocess.run(
-            [sys.executable, "-c", "import app.main\nassert app.main.app.title\nprint('imported')"],
-            env=clean_env(DATABASE_URL=url),
-            cwd="/tmp",
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
+        import_in_a_fresh_python(
+            "import app.main\nassert app.main.app.title\nprint('imported')", DATABASE_URL=url
         )
-        assert proc.returncode == 0, proc.stderr
-        assert proc.stdout.strip() == "imported"
         with pytest.raises(TimeoutError):
             listener.accept()  # nothing connected
         # The listener does see a connection when one is made.
