@@ -56,9 +56,9 @@ LB_HOSTS = ("lb1",)
 CONTROLLER = "10.89.50.1"  # the podman network's gateway: where the load comes from
 # Marks on the timeline: the roll's task names (roles/fastapi_app/tasks) and the baseline's.
 MARKS = {
-    "state on every lb is down": "drain",
+    "state on every lb is drained": "drain",
     "Restart the service on the release": "restart",
-    "state on every lb is up": "undrain",
+    "state on every lb is serving": "undrain",
     "Restart the naive service": "restart",
     "Wait for the naive port": "port open",
 }
@@ -171,6 +171,12 @@ def naive_setup() -> None:
         f"tcp dport {NAIVE_EDGE_PORT} accept && nginx -t -q && systemctl reload nginx"
     )
     lab_exec(LB_HOSTS[0], edge)
+    # Every naive server answers before the load starts (else the baseline's first seconds
+    # would measure its start, not its rollout).
+    for address in APP_HOSTS.values():
+        url = f"http://{address}:{NAIVE_PORT}/health"
+        lab_exec(LB_HOSTS[0], f"for i in $(seq 60); do curl -sf -o /dev/null {url} && exit 0; "
+                 "sleep 0.5; done; exit 1")  # fmt: skip
 
 
 def naive_teardown() -> None:
