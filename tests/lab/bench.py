@@ -44,11 +44,11 @@ from tests.lab.capacity import (
     overload_profile,
     step_test,
 )
-from tests.lab.loadgen import LoadGenerator, LoadResult
+from tests.lab.edge import SITE, edge_load, fetch_pebble_roots
+from tests.lab.loadgen import LoadResult
 from tests.lab.releases import make_release
-from tests.lab.topology import APP_HOSTS, LAB_VARS, LB_IP
+from tests.lab.topology import APP_HOSTS, LB_IP
 
-SITE = LAB_VARS["lab_site_name"]
 NOTES: dict[str, object] = {"fastapi_metal_app": "notes"}
 NAIVE_PORT = 9000
 NAIVE_EDGE_PORT = 8443
@@ -104,26 +104,6 @@ server {{
 """
 
 
-def generator(roots: Path, port: int = 443, **options: Any) -> LoadGenerator:
-    peak = max((r for _seconds, r in options.get("profile", ())), default=options.get("rate", 1))
-    url = f"https://{SITE}" + ("" if port == 443 else f":{port}")
-    return LoadGenerator(
-        url, cafile=roots, resolve={SITE: LB_IP}, timeout=2.0,
-        max_connections=int(peak * 2) + 10, **options,
-    )  # fmt: skip
-
-
-def pebble_roots(tmp: Path) -> Path:
-    out = subprocess.run(
-        ["curl", "-sf", "-m", "5", "--cacert", str(ROOT / ".lab/pebble/ca.pem"),
-         "https://10.89.50.5:15000/roots/0"],
-        capture_output=True, text=True, check=True,
-    )  # fmt: skip
-    path = tmp / "roots.pem"
-    path.write_text(out.stdout)
-    return path
-
-
 def marks(run: PlaybookRun, started_at: float) -> list[dict[str, Any]]:
     """When each host was drained, restarted, put back (seconds since the load's start)."""
     seen: dict[str, int] = {}
@@ -141,7 +121,7 @@ def marks(run: PlaybookRun, started_at: float) -> list[dict[str, Any]]:
 
 def under_load(roots: Path, rate: int, port: int, playbook: str, extra: Any) -> dict[str, Any]:
     """Run a playbook under open-loop load; its result, the load's, and the marks."""
-    with generator(roots, port, rate=rate) as load:
+    with edge_load(roots, port, rate=rate) as load:
         load.wait_for(rate * 3, timeout=30)
         run = run_playbook(playbook, extra=extra)
         load.wait_for(load.sent + rate * 5, timeout=60)  # five seconds after the end
@@ -253,15 +233,15 @@ def main() -> int:
     }  # fmt: skip
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
-        roots = pebble_roots(tmp)
+        roots = fetch_pebble_roots(tmp / "roots.pem")
         capacity: Capacity = step_test(
-            lambda rate, seconds: generator(roots, rate=rate, duration=seconds).run_in_thread()
+            lambda rate, seconds: edge_load(roots, rate=rate, duration=seconds).run_in_thread()
         )
         data["capacity"] = capacity.to_dict()
         print(capacity.summary())
 
         profile = overload_profile(capacity.capacity, args.overload_seconds)
-        spike = generator(roots, profile=profile).run_in_thread()
+        spike = edge_load(roots, profile=profile).run_in_thread()
         figures = overload_figures(spike, profile)
         data["overload"] = {**figures, "problems": overload_problems(figures, capacity.capacity)}
         print(f"overload: {data['overload']}")

@@ -7,17 +7,14 @@ import json
 import secrets
 import subprocess
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from tests.lab.ansible_run import ROOT, lab_exec
 from tests.lab.capacity import FLOOR, Capacity, step_test
-from tests.lab.loadgen import LoadGenerator
-from tests.lab.topology import ADDRESSES, LAB_VARS, LB_IP
+from tests.lab.edge import SITE, edge_load, fetch_pebble_roots
+from tests.lab.topology import ADDRESSES, LB_IP
 
-SITE = LAB_VARS["lab_site_name"]
-PEBBLE_MGMT = "https://10.89.50.5:15000"  # pebble's management API (lab/lab.py: acme)
 LAB_HOSTS = tuple(ADDRESSES)  # the converged hosts (acme runs pebble only)
 
 
@@ -35,23 +32,7 @@ def session_log_marker() -> str:
 @pytest.fixture(scope="session")
 def pebble_roots(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Pebble's issuing root (it changes with every pebble start): what clients trust."""
-    out = subprocess.run(
-        [
-            "curl",
-            "-sf",
-            "-m",
-            "5",
-            "--cacert",
-            str(ROOT / ".lab/pebble/ca.pem"),
-            f"{PEBBLE_MGMT}/roots/0",
-        ],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    path = tmp_path_factory.mktemp("pebble") / "roots.pem"
-    path.write_text(out.stdout)
-    return path
+    return fetch_pebble_roots(tmp_path_factory.mktemp("pebble") / "roots.pem")
 
 
 def edge(
@@ -97,26 +78,12 @@ CONVERGE_FRACTION = 0.3
 RESULTS = ROOT / ".lab" / "results"
 
 
-def site_generator(roots: Path, **options: Any) -> LoadGenerator:
-    """Open-loop load on the notes app through the edge, verified against pebble's roots; a
-    pool as large as rate x timeout, so a slow second is measured as latency instead of
-    queueing in the client."""
-    peak = max(
-        (rate for _seconds, rate in options.get("profile", ())), default=options.get("rate", 1)
-    )
-    options.setdefault("timeout", 2.0)
-    return LoadGenerator(
-        f"https://{SITE}", cafile=roots, resolve={SITE: LB_IP},
-        max_connections=int(peak * options["timeout"]) + 10, **options,
-    )  # fmt: skip
-
-
 @pytest.fixture(scope="session")
 def capacity(pebble_roots: Path) -> Capacity:
     """The lab's capacity on this machine, measured once per session before the first run
     under load; fails in seconds when the lab cannot carry even capacity.FLOOR."""
     measured = step_test(
-        lambda rate, seconds: site_generator(pebble_roots, rate=rate, duration=seconds)
+        lambda rate, seconds: edge_load(pebble_roots, rate=rate, duration=seconds)
         .run_in_thread()
     )  # fmt: skip
     measured.write_json(RESULTS / "capacity.json")

@@ -27,8 +27,8 @@ from tests.lab.cluster.conftest import (
     ROLLOUT_FRACTION,
     edge,
     edge_json,
-    site_generator,
 )
+from tests.lab.edge import edge_load
 from tests.lab.loadgen import LoadGenerator, LoadResult
 from tests.lab.releases import make_release, read_release_info
 from tests.lab.topology import APP_HOSTS
@@ -128,23 +128,23 @@ def state() -> dict[str, Any]:
     return {"A": current_release("app1")}
 
 
-@pytest.fixture
-def load(pebble_roots: Path, capacity: Capacity) -> Iterator[LoadGenerator]:
+def _steady_load(pebble_roots: Path, rate: int) -> Iterator[LoadGenerator]:
     # Many clients, not one pool: up to rate x timeout connections, so a server hiccup is
     # measured as latency instead of being amplified by a client-side connection queue.
     # HTTP/1.1: httpx's HTTP/2 client mishandles nginx's GOAWAY every 1,000 requests.
-    rate = capacity.rate(ROLLOUT_FRACTION)
-    with site_generator(pebble_roots, rate=rate) as gen:
+    with edge_load(pebble_roots, rate=rate) as gen:
         gen.wait_for(rate * 3, timeout=30)  # steady traffic before anything starts
         yield gen
 
 
 @pytest.fixture
+def load(pebble_roots: Path, capacity: Capacity) -> Iterator[LoadGenerator]:
+    yield from _steady_load(pebble_roots, capacity.rate(ROLLOUT_FRACTION))
+
+
+@pytest.fixture
 def converge_load(pebble_roots: Path, capacity: Capacity) -> Iterator[LoadGenerator]:
-    rate = capacity.rate(CONVERGE_FRACTION)
-    with site_generator(pebble_roots, rate=rate) as gen:
-        gen.wait_for(rate * 3, timeout=30)
-        yield gen
+    yield from _steady_load(pebble_roots, capacity.rate(CONVERGE_FRACTION))
 
 
 def finish(
@@ -353,7 +353,7 @@ def test_f_a_batch_of_every_app_host_is_restarted_without_a_drain(
     restarts instead. That costs latency, not errors: a patient client (10 s) sees none. Its
     own low rate (every host restarts at once: nothing serves for seconds, whatever the
     capacity), judged as every other run under load but for the fraction."""
-    gen = site_generator(pebble_roots, rate=50, timeout=10.0)
+    gen = edge_load(pebble_roots, rate=50, timeout=10.0)
     with gen:
         gen.wait_for(100, timeout=30)
         run = run_playbook("rollback.yml", extra={**NOTES, "fastapi_app_serial": "100%"})
@@ -418,7 +418,7 @@ def test_h_site_yml_reverts_a_host_that_fails_its_gate_like_a_rollout(
     # that changes nothing.
     again = run_playbook("site.yml")
     assert again.rc == 0, again.tail()
-    with site_generator(pebble_roots, rate=capacity.rate(CONVERGE_FRACTION)) as full:
+    with edge_load(pebble_roots, rate=capacity.rate(CONVERGE_FRACTION)) as full:
         full.wait_for(full.rate * 3, timeout=30)
         rerun = run_playbook("site.yml")
     assert rerun.rc == 0 and rerun.changed == 0, rerun.recap

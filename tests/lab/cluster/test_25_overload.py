@@ -24,7 +24,8 @@ from tests.lab.capacity import (
     overload_problems,
     overload_profile,
 )
-from tests.lab.cluster.conftest import RESULTS, edge, site_generator
+from tests.lab.cluster.conftest import RESULTS, edge
+from tests.lab.edge import edge_load
 from tests.lab.topology import APP_HOSTS
 
 
@@ -32,7 +33,7 @@ def test_a_twice_the_capacity_is_served_at_capacity_and_the_rest_refused_fast(
     pebble_roots: Path, capacity: Capacity
 ) -> None:
     profile = overload_profile(capacity.capacity)
-    result = site_generator(pebble_roots, profile=profile).run_in_thread()
+    result = edge_load(pebble_roots, profile=profile).run_in_thread()
     figures = overload_figures(result, profile)
     data = result.to_dict(include_samples=False)
     data["capacity"] = capacity.to_dict()
