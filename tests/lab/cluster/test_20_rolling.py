@@ -45,10 +45,11 @@ NOTES: dict[str, object] = {"fastapi_metal_app": "notes"}
 # The A->B run keeps the load going at least this long, whatever the rollout takes: the
 # rollout is never slowed down to collect more.
 MIN_LOAD_SECONDS = 55
-# How many seconds of requests each run under load must have sent for its zero-drop verdict
-# to mean anything.
-MIN_SECONDS = {
-    "rolling-a-to-b": 50, "rolling-broken-c": 15, "rollback-b-to-a": 15, "site-broken-c": 15,
+# Each run under load: how many seconds of requests it must have sent for its zero-drop
+# verdict to mean anything, and the fraction of the capacity it runs at.
+RUNS = {
+    "rolling-a-to-b": (50, ROLLOUT_FRACTION), "rolling-broken-c": (15, ROLLOUT_FRACTION),
+    "rollback-b-to-a": (15, ROLLOUT_FRACTION), "site-broken-c": (15, CONVERGE_FRACTION),
 }  # fmt: skip
 # The staging tasks (a release unpacked and its venv built on hosts that are serving).
 STAGING_TASKS = ("wheelhouse is unpacked", "venv holds the app")
@@ -528,7 +529,7 @@ def test_k_a_host_failing_its_gate_on_the_release_it_serves_is_left_as_it_is() -
 # adds up: the run's share of late requests counts too), over a run measured by this session
 # (a result file left by an earlier run proves nothing).
 @pytest.mark.zero_drop
-@pytest.mark.parametrize("run", list(MIN_SECONDS))
+@pytest.mark.parametrize("run", list(RUNS))
 def test_zero_drop(run: str, capacity: Capacity) -> None:
     result = MEASURED.get(run)
     if result is None:
@@ -539,6 +540,6 @@ def test_zero_drop(run: str, capacity: Capacity) -> None:
         f"({result.rate / capacity.capacity:.0%} of {capacity.capacity:g}), "
         f"{totals['failed']} failed"
     )
-    fraction = CONVERGE_FRACTION if run.startswith("site-") else ROLLOUT_FRACTION
-    problems = zero_drop_problems(result, capacity, min_seconds=MIN_SECONDS[run], fraction=fraction)
+    min_seconds, fraction = RUNS[run]
+    problems = zero_drop_problems(result, capacity, min_seconds=min_seconds, fraction=fraction)
     assert not problems, f"{run}: {problems}\n{result.summary()}"
