@@ -47,13 +47,13 @@ from tests.lab.capacity import (
 from tests.lab.edge import SITE, edge_load, fetch_pebble_roots
 from tests.lab.loadgen import LoadResult
 from tests.lab.releases import make_release
-from tests.lab.topology import APP_HOSTS, LB_IP
+from tests.lab.topology import APP_HOSTS, GROUPS, LAB_VARS, LB_IP
 
 NOTES: dict[str, object] = {"fastapi_metal_app": "notes"}
 NAIVE_PORT = 9000
 NAIVE_EDGE_PORT = 8443
-LB_HOSTS = ("lb1",)
-CONTROLLER = "10.89.50.1"  # the podman network's gateway: where the load comes from
+LB_HOSTS = tuple(GROUPS["lb"])
+CONTROLLER = LAB_VARS["base_firewall_ssh_sources"][0]  # the network's gateway: the load's source
 # Marks on the timeline: the roll's task names (roles/fastapi_app/tasks) and the baseline's.
 MARKS = {
     "state on every lb is drained": "drain",
