@@ -31,7 +31,7 @@ export NO_COLOR := 1
 export PY_COLORS := 0
 export ANSIBLE_FORCE_COLOR := 0
 
-.PHONY: help setup lab lab-up lab-down lab-status lint sanity test test-app test-molecule test-zero-drop timings bench clean
+.PHONY: help setup lab lab-up lab-down lab-status lint sanity test test-app test-molecule test-zero-drop drills timings bench clean
 
 help:  ## List the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -134,6 +134,9 @@ bench: lab $(STAMPS)/bench  ## Capacity, overload, a rolling upgrade beside the 
 	$(BIN)/python -m tests.lab.bench
 
 test-zero-drop: lab  ## The cluster verify tests (rolling upgrades under load, 0 failed requests) on the local lab
+	$(BIN)/pytest -p no:cacheprovider tests/lab/cluster -v -s -m "not drill"
+
+drills: lab  ## Every cluster test on the local lab, the fault drills CI leaves out included (they build on the others)
 	$(BIN)/pytest -p no:cacheprovider tests/lab/cluster -v -s
 
 test: lint sanity test-app test-molecule  ## The whole suite, as CI runs it

@@ -50,7 +50,14 @@ MIRROR = os.environ.get("LAB_DEBIAN_MIRROR", "http://deb.debian.org/debian")
 DEBOOTSTRAP_INCLUDE = "systemd,systemd-sysv,dbus,python3,iproute2,procps,sudo,ca-certificates"
 MAX_APPS = 8
 # Bumped whenever run_host() changes how a host is started: `up` recreates older hosts.
-HOST_SPEC = "3"
+HOST_SPEC = "4"
+# Every lab host shares the machine's cores (each container is one CPU group of the kernel's
+# scheduler, with equal weights by default). On real servers each host has its own cores:
+# here the hosts that serve a request (the edge, the apps, the database) weigh more than
+# the ones that only watch (monitoring) or stand in for the outside (acme), so that a busy
+# monitoring host or a deploy's work there does not take the cores the apps serve with.
+SERVING_CPU_SHARES = 2048
+BACKGROUND_CPU_SHARES = 256
 
 
 @dataclass(frozen=True)
@@ -59,16 +66,17 @@ class Host:
     ip: str
     image: str
     aliases: tuple[str, ...] = ()
+    cpu_shares: int = SERVING_CPU_SHARES
 
 
 def hosts(apps: int) -> list[Host]:
     """The lab's hosts: fixed addresses so the inventory can be static."""
     p = SUBNET_PREFIX
     out = [
-        Host("acme", f"{p}.5", ACME_IMAGE, ("acme.lab.test",)),
+        Host("acme", f"{p}.5", ACME_IMAGE, ("acme.lab.test",), BACKGROUND_CPU_SHARES),
         Host("lb1", f"{p}.10", HOST_IMAGE, tuple(site for site, _path, _answer in SITES)),
         Host("db1", f"{p}.20", HOST_IMAGE),
-        Host("mon1", f"{p}.40", HOST_IMAGE),
+        Host("mon1", f"{p}.40", HOST_IMAGE, cpu_shares=BACKGROUND_CPU_SHARES),
     ]
     out += [Host(f"app{i}", f"{p}.{30 + i}", HOST_IMAGE) for i in range(1, apps + 1)]
     return out
@@ -504,6 +512,8 @@ def run_host(host: Host, key_dir: Path, pki: Path) -> None:
         "--systemd=always",
         "--stop-timeout",
         "3",
+        "--cpu-shares",
+        str(host.cpu_shares),
         # nftables (the base role's firewall) needs NET_ADMIN in the host's own netns
         "--cap-add",
         "NET_ADMIN",

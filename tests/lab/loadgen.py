@@ -128,6 +128,9 @@ class Sample:
     error: str | None = None
     release: str | None = None
     detail: str | None = None
+    # Why the app's worker refused it (its X-Refused header: "busy" or "late"); None for
+    # anything else, a 503 from the edge itself included.
+    refused: str | None = None
 
     @property
     def ok(self) -> bool:
@@ -139,7 +142,10 @@ class Sample:
 
     @property
     def outcome(self) -> str:
-        return str(self.status) if self.status is not None else (self.error or "unknown")
+        """The status ("503 busy" when the worker refused it, "503" from the edge) or error."""
+        if self.status is None:
+            return self.error or "unknown"
+        return f"{self.status} {self.refused}" if self.refused else str(self.status)
 
 
 def percentile(values: Sequence[float], q: float) -> float | None:
@@ -693,6 +699,7 @@ class LoadGenerator:
         error: str | None = None
         release: str | None = None
         detail: str | None = None
+        refused: str | None = None
         headers = {"X-Request-ID": f"lg-{self.run_id}-{index}"}
         if body is not None:
             headers["Content-Type"] = "application/json"
@@ -712,13 +719,14 @@ class LoadGenerator:
                     self._note_ids.append(note_id)
             elif not 200 <= status < 300:
                 detail = response.body[:200].decode("utf-8", "replace")
+                refused = response.headers.get("x-refused")
         except Exception as exc:
             error = classify_error(exc)
             detail = f"{type(exc).__name__}: {exc}"[:300]
         finally:
             slots.release()
         latency = time.perf_counter() - t0 - sent
-        sample = Sample(index, route, due, sent, latency, status, error, release, detail)
+        sample = Sample(index, route, due, sent, latency, status, error, release, detail, refused)
         result.samples.append(sample)
         self.sent += 1
         if not sample.ok:

@@ -188,6 +188,7 @@ def data_loss(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
     return build(make_release(base / "g", ["additive", "data-loss"], "0.9.0"))
 
 
+@pytest.mark.drill
 def test_c_a_migration_gone_wrong_is_undone_by_rollback_and_the_pre_migration_backup(
     pebble_roots: Path, data_loss: dict[str, object]
 ) -> None:
@@ -254,6 +255,7 @@ def test_d_the_backup_before_migrating_can_be_skipped_and_the_audit_says_so() ->
     assert taken["label"] and set(after) - set(skipped) == {taken["label"]}, (skipped, after, taken)
 
 
+@pytest.mark.drill
 def test_e_an_app_failing_its_gate_after_a_restore_is_released_and_named(
     pebble_roots: Path,
 ) -> None:
