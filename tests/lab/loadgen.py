@@ -37,7 +37,8 @@ Three ways to run it::
         --cafile ca.pem --resolve app.lab.test:10.89.50.10 --out load.json
 
 Concurrency: one asyncio loop (uvloop when installed) with an HTTP/1.1 keep-alive pool of at
-most ``max_connections`` connections (tests/lab/http1.py: O(1) per request, no retry, so a
+most ``max_connections`` connections (or, with ``http2=True``, HTTP/2 streams multiplexed on
+a few TLS connections: tests/lab/http2.py) (tests/lab/http1.py: O(1) per request, no retry, so a
 stalled server cannot make the generator itself melt down); requests beyond that wait for a
 connection inside their time limit. At most ``max_in_flight`` requests are pending at once (a
 safety net far above what ``rate x timeout`` needs); when it is reached the timetable waits and
@@ -68,6 +69,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from tests.lab.http1 import Pool, RequestError
+from tests.lab.http2 import Pool as H2Pool
 
 RELEASE_HEADER = "X-App-Release"
 DEFAULT_MIX: Mapping[str, float] = {"list": 0.35, "get": 0.35, "create": 0.30}
@@ -184,6 +186,7 @@ class LoadResult:
     resolve: dict[str, str] = field(default_factory=dict)
     connections_opened: int = 0  # TCP (and TLS) handshakes the run made
     priority: str = "none"  # the generator thread's CPU priority: "rr", "nice" or "none"
+    protocol: str = "http/1.1"  # or "h2"
 
     @property
     def sent(self) -> int:
@@ -335,6 +338,7 @@ class LoadResult:
                 "max_connections": self.max_connections,
                 "resolve": self.resolve,
                 "priority": self.priority,
+                "protocol": self.protocol,
             },
             "started_at": self.started_at,
             "totals": self.totals(),
@@ -379,7 +383,7 @@ class LoadResult:
         t = self.totals()
         lat, lag = t["latency"], t["lag"]
         lines = [
-            f"{self.url}: {t['sent']} sent in {t['duration_s']} s "
+            f"{self.url} ({self.protocol}): {t['sent']} sent in {t['duration_s']} s "
             f"(target {self.rate:g}/s, achieved {t['achieved_rate']}/s), "
             f"{t['ok']} ok, {t['failed']} failed",
             f"latency p50 {lat['p50_ms']} ms, p90 {lat['p90_ms']} ms, p99 {lat['p99_ms']} ms, "
@@ -473,6 +477,7 @@ class LoadGenerator:
         seed: int | None = 0,
         user_agent: str = "fastapi-metal-loadgen",
         profile: Sequence[tuple[float, float]] = (),
+        http2: bool = False,
     ) -> None:
         if rate <= 0:
             raise ValueError("rate must be positive")
@@ -500,6 +505,9 @@ class LoadGenerator:
         self.paths = list(paths)
         self.rng = random.Random(seed)
         self.user_agent = user_agent
+        # HTTP/2 (tests/lab/http2.py: streams multiplexed on few TLS connections) instead of
+        # HTTP/1.1 keep-alive connections (tests/lab/http1.py).
+        self.http2 = http2
         self.run_id = f"{int(time.time()):x}"
 
         self._stop = threading.Event()
@@ -604,7 +612,7 @@ class LoadGenerator:
 
     # -- the work ---------------------------------------------------------------------------
 
-    def _pool(self) -> Pool:
+    def _pool(self) -> Pool | H2Pool:
         url = urlsplit(self.url)
         if url.scheme not in ("http", "https") or not url.hostname:
             raise ValueError(f"url must be http(s)://host[:port], not {self.url!r}")
@@ -616,6 +624,15 @@ class LoadGenerator:
             if not self.verify:
                 context.check_hostname = False
                 context.verify_mode = ssl.CERT_NONE
+        if self.http2:
+            return H2Pool(
+                url.scheme,
+                url.hostname,
+                url.port or 443,
+                connect_to=self.resolve.get(url.hostname),
+                ssl_context=context,
+                headers={"User-Agent": self.user_agent},
+            )
         return Pool(
             url.scheme,
             url.hostname,
@@ -640,6 +657,7 @@ class LoadGenerator:
                 max_connections=self.max_connections,
                 resolve=self.resolve,
                 priority=self.priority,
+                protocol="h2" if self.http2 else "http/1.1",
             )
             self._result = result
             in_flight: set[asyncio.Task[None]] = set()
@@ -686,7 +704,7 @@ class LoadGenerator:
 
     async def _request(
         self,
-        pool: Pool,
+        pool: Pool | H2Pool,
         result: LoadResult,
         t0: float,
         index: int,
@@ -758,6 +776,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--timeout", type=float, default=2.0, help="per request, total")
     parser.add_argument("--connections", type=int, default=50, help="keep-alive pool size")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--http2", action="store_true", help="HTTP/2 (ALPN h2) over TLS")
     parser.add_argument("--out", type=Path, help="write the full result as JSON here")
     parser.add_argument("--no-samples", action="store_true", help="leave raw samples out of --out")
     args = parser.parse_args(argv)
@@ -772,6 +791,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         timeout=args.timeout,
         max_connections=args.connections,
         seed=args.seed,
+        http2=args.http2,
     )
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: generator.stop(wait=False))
