@@ -9,8 +9,9 @@ In order, on the machine it runs on:
 * ``overload``: twice the capacity for ``--overload-seconds``, half of it before and after,
   with its verdict (goodput, fast refusals, recovery);
 * ``ours``: ``rolling_upgrade.yml`` to a new release of the reference app (release B: the
-  same code, another version) under open-loop load at ``--fraction`` of the capacity, through
-  the edge (drain, restart, health gate, undrain, host by host);
+  same code, another version, built first as CI would) under open-loop load at
+  ``--fraction`` of the capacity, through the edge (drain, restart, health gate, undrain,
+  host by host), half of it from HTTP/1.1 clients and half from HTTP/2 clients;
 * ``baseline``: the naive way on the same hosts and the same code: a plain Gunicorn service
   (no socket activation, the stock uvicorn worker) behind an nginx upstream with nginx's
   defaults (``max_fails=1 fail_timeout=10s``, no bound), restarted ``serial: 1`` with
@@ -21,7 +22,7 @@ In order, on the machine it runs on:
 Each run keeps its totals, its per-second rows and when each host was drained, restarted and
 put back; the PNG shows requests/s, failures/s and p99 per second, ours above the baseline.
 Nothing here is a test: ``make test`` asserts the same properties (tests/lab/cluster); this
-writes the numbers down for people. HTTP/1.1 only (the load generator's protocol).
+writes the numbers down for people.
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ from tests.lab.capacity import (
     overload_profile,
     step_test,
 )
+from tests.lab.cluster.test_20_rolling import build
 from tests.lab.edge import SITE, edge_load, fetch_pebble_roots
 from tests.lab.loadgen import LoadResult
 from tests.lab.releases import make_release
@@ -92,7 +94,7 @@ NAIVE_SITE = """upstream bench_naive {{
 {servers}
 }}
 server {{
-    listen {edge_port} ssl;
+    listen {edge_port} ssl http2;
     server_name {site};
     ssl_certificate /etc/nginx/tls/{site}/fullchain.pem;
     ssl_certificate_key /etc/nginx/tls/{site}/privkey.pem;
@@ -119,20 +121,56 @@ def marks(run: PlaybookRun, started_at: float) -> list[dict[str, Any]]:
     return out
 
 
+PROTOCOLS = {"http/1.1": False, "h2": True}
+
+
+def merged_seconds(results: list[LoadResult]) -> list[dict[str, Any]]:
+    """Per second, the protocols' requests added up; p99 the worse of theirs."""
+    rows: dict[int, dict[str, Any]] = {}
+    for result in results:
+        offset = round(result.started_at - results[0].started_at)
+        for row in result.per_second():
+            into = rows.setdefault(row["second"] + offset, {
+                "second": row["second"] + offset, "sent": 0, "ok": 0, "failed": 0,
+                "p99_ms": None, "failures": {},
+            })  # fmt: skip
+            for key in ("sent", "ok", "failed"):
+                into[key] += row[key]
+            into["p99_ms"] = max(into["p99_ms"] or 0, row["p99_ms"] or 0) or None
+            for kind, n in row["failures"].items():
+                into["failures"][kind] = into["failures"].get(kind, 0) + n
+    return [rows[k] for k in sorted(rows)]
+
+
 def under_load(roots: Path, rate: int, port: int, playbook: str, extra: Any) -> dict[str, Any]:
-    """Run a playbook under open-loop load; its result, the load's, and the marks."""
-    with edge_load(roots, port, rate=rate) as load:
-        load.wait_for(rate * 3, timeout=30)
+    """Run a playbook under open-loop load, half HTTP/1.1 and half HTTP/2 clients; the run,
+    each protocol's load, the two added up per second, and the marks."""
+    loads = [edge_load(roots, port, rate=rate / 2, http2=h2) for h2 in PROTOCOLS.values()]
+    for load in loads:
+        load.start()
+    try:
+        for load in loads:
+            load.wait_for(int(rate * 1.5), timeout=30)
         run = run_playbook(playbook, extra=extra)
-        load.wait_for(load.sent + rate * 5, timeout=60)  # five seconds after the end
-    result: LoadResult = load.result
+        for load in loads:  # five seconds after the end
+            load.wait_for(load.sent + int(rate * 2.5), timeout=60)
+    finally:
+        for load in loads:
+            load.stop()
+    results: list[LoadResult] = [load.result for load in loads]
+    by_protocol = {name: r.totals() for name, r in zip(PROTOCOLS, results, strict=True)}
     return {
         "rc": run.rc,
         "seconds": round(run.seconds, 1),
         "rate": rate,
-        "totals": result.totals(),
-        "per_second": result.per_second(),
-        "marks": marks(run, result.started_at),
+        "totals": {
+            "sent": sum(t["sent"] for t in by_protocol.values()),
+            "failed": sum(t["failed"] for t in by_protocol.values()),
+            "latency": {"p99_ms": max(t["latency"]["p99_ms"] or 0 for t in by_protocol.values())},
+        },
+        "protocols": by_protocol,
+        "per_second": merged_seconds(results),
+        "marks": marks(run, results[0].started_at),
     }
 
 
@@ -247,7 +285,7 @@ def main() -> int:
         print(f"overload: {data['overload']}")
 
         rate = capacity.rate(args.fraction)
-        b = {**NOTES, "fastapi_app_source": str(make_release(tmp / "b", "base", "98.0.0"))}
+        b = build(make_release(tmp / "b", "base", "98.0.0"))
         data["ours"] = under_load(roots, rate, 443, "rolling_upgrade.yml", b)
         print(f"ours: {data['ours']['totals']}")
         run_playbook("rolling_upgrade.yml", extra=NOTES)  # back to the checkout's release
