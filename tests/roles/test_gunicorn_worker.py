@@ -116,10 +116,10 @@ async def app(scope, receive, send):
 """
 
 
-def bounded(limit: int, deadline: float) -> str:
-    return (
-        WORKER.read_text()
-        + f"\nWorker.limit_concurrency = {limit}\nWorker.request_deadline = {deadline}\n"
+def bounded(limit: int, deadline: float, running: int = 0, queue: float = 0.0) -> str:
+    return WORKER.read_text() + (
+        f"\nWorker.limit_concurrency = {limit}\nWorker.request_deadline = {deadline}\n"
+        f"Worker.max_running = {running}\nWorker.queue_timeout = {queue}\n"
     )
 
 
@@ -177,3 +177,52 @@ def test_a_request_older_than_the_deadline_is_refused_without_running_the_app(
     assert fresh.startswith(b"HTTP/1.1 200") and fresh.endswith(b"1"), fresh
     assert bare.startswith(b"HTTP/1.1 200") and bare.endswith(b"2"), bare  # no header: no deadline
     assert junk.startswith(b"HTTP/1.1 200") and junk.endswith(b"3"), junk  # not a time: ignored
+
+
+@pytest.mark.parametrize(
+    ("running", "edge", "served_s"), [(1, True, 3.0), (0, True, 1.0), (1, False, 1.0)]
+)
+def test_past_max_running_requests_wait_their_turn_and_one_past_its_deadline_is_refused(
+    tmp_path: Path, running: int, edge: bool, served_s: float
+) -> None:
+    """Three slow (1 s) requests at once, as the edge sends them, with one running at a time:
+    they are served one after the other, none refused (the last after about 3 s). With no
+    bound (the control), or without the edge's header, they run together (about 1 s)."""
+    with gunicorn(tmp_path, bounded(8, 0, running), SLOW_APP) as (_proc, port):
+        t0 = time.monotonic()
+        answers = concurrent_slow(port, 3, edge)
+        took = time.monotonic() - t0
+    assert all(a.startswith(b"HTTP/1.1 200") for a in answers), answers
+    assert served_s - 0.3 < took < served_s + 0.7, took
+
+
+def test_a_request_whose_turn_comes_after_its_deadline_is_refused_late(tmp_path: Path) -> None:
+    """One running at a time, a 1.5 s deadline, three slow (1 s) requests at once: the first
+    two are served (the second waited 1 s), the third's turn would come after 2 s: refused
+    with "late" when its deadline passes, without running the app."""
+    with gunicorn(tmp_path, bounded(8, 1.5, 1), SLOW_APP) as (_proc, port):
+        answers = concurrent_slow(port, 3, edge=True)
+    served = [a for a in answers if a.startswith(b"HTTP/1.1 200")]
+    late = [a for a in answers if a.startswith(b"HTTP/1.1 503")]
+    assert (len(served), len(late)) == (2, 1), answers
+    assert b"x-refused: late" in late[0].lower(), late
+
+
+def test_a_queue_that_stands_past_its_queue_timeout_refuses_a_new_request_busy(
+    tmp_path: Path,
+) -> None:
+    """One running at a time, queue_timeout 0.5 s. A burst (three slow requests at once: a
+    queue that has just formed) is served whole, one after the other. Then A runs, B waits
+    from 0 s, and C comes at 0.7 s, when the queue has not been empty for 0.7 s: C may wait
+    only 0.5 s and is refused "busy" at about 1.2 s, before B (served at about 2 s) is done."""
+    with gunicorn(tmp_path, bounded(8, 0, 1, 0.5), SLOW_APP) as (_proc, port):
+        burst = concurrent_slow(port, 3, edge=True)
+        with ThreadPoolExecutor(3) as pool:
+            first = [pool.submit(get, port, "/slow") for _i in range(2)]
+            time.sleep(0.7)
+            late, took = pool.submit(get, port, "/slow").result()
+            served = [f.result()[0] for f in first]
+    assert all(a.startswith(b"HTTP/1.1 200") for a in burst), burst  # the control
+    assert all(a.startswith(b"HTTP/1.1 200") for a in served), served
+    assert late.startswith(b"HTTP/1.1 503") and b"x-refused: busy" in late.lower(), late
+    assert 0.4 < took < 0.9, took

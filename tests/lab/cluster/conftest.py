@@ -78,15 +78,14 @@ CONVERGE_FRACTION = 0.3
 RESULTS = ROOT / ".lab" / "results"
 
 
-@pytest.fixture(scope="session")
-def capacity(pebble_roots: Path) -> Capacity:
-    """The lab's capacity on this machine, measured once per session before the first run
-    under load; fails in seconds when the lab cannot carry even capacity.FLOOR."""
+def measure_capacity(pebble_roots: Path, name: str = "capacity") -> Capacity:
+    """The lab's capacity on this machine now (the step test); fails in seconds when the lab
+    cannot carry even capacity.FLOOR."""
     measured = step_test(
         lambda rate, seconds: edge_load(pebble_roots, rate=rate, duration=seconds)
         .run_in_thread()
     )  # fmt: skip
-    measured.write_json(RESULTS / "capacity.json")
+    measured.write_json(RESULTS / f"{name}.json")
     print(f"\n{measured.summary()}")
     if measured.capacity < FLOOR:
         pytest.fail(
@@ -94,3 +93,10 @@ def capacity(pebble_roots: Path) -> Capacity:
             f"rollout under load: {measured.summary()}"
         )
     return measured
+
+
+@pytest.fixture(scope="session")
+def capacity(pebble_roots: Path) -> Capacity:
+    """The lab's capacity on this machine, measured once per session before the first run
+    under load."""
+    return measure_capacity(pebble_roots)
