@@ -62,6 +62,22 @@ class _Connection:
         self.writer.transport.abort()
 
 
+async def connect(
+    connect_to: str, port: int, host: str, ssl_context: ssl.SSLContext | None
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """A TCP (and, with a context, TLS) connection to ``connect_to``, the certificate checked
+    against ``host``; what fails is a ``RequestError`` (``tls_error``, ``connect_error``)."""
+    try:
+        return await asyncio.open_connection(
+            connect_to, port, ssl=ssl_context,
+            server_hostname=host if ssl_context is not None else None, limit=READ_CHUNK,
+        )  # fmt: skip
+    except ssl.SSLError as exc:
+        raise RequestError("tls_error", f"TLS handshake with {host}: {exc}") from exc
+    except OSError as exc:
+        raise RequestError("connect_error", f"connect to {connect_to}:{port}: {exc}") from exc
+
+
 class Pool:
     def __init__(
         self,
@@ -133,20 +149,7 @@ class Pool:
 
     async def _open(self) -> _Connection:
         self.opened += 1
-        try:
-            reader, writer = await asyncio.open_connection(
-                self.connect_to,
-                self.port,
-                ssl=self.ssl_context,
-                server_hostname=self.host if self.ssl_context is not None else None,
-                limit=READ_CHUNK,
-            )
-        except ssl.SSLError as exc:
-            raise RequestError("tls_error", f"TLS handshake with {self.host}: {exc}") from exc
-        except OSError as exc:
-            raise RequestError(
-                "connect_error", f"connect to {self.connect_to}:{self.port}: {exc}"
-            ) from exc
+        reader, writer = await connect(self.connect_to, self.port, self.host, self.ssl_context)
         return _Connection(reader, writer, h11.Connection(our_role=h11.CLIENT))
 
     async def _exchange(

@@ -24,7 +24,7 @@ import h2.connection
 import h2.events
 import h2.exceptions
 
-from tests.lab.http1 import READ_CHUNK, RequestError, Response
+from tests.lab.http1 import READ_CHUNK, RequestError, Response, connect
 
 
 class _Stream:
@@ -212,17 +212,7 @@ class Pool:
 
     async def _open(self) -> _Connection:
         self.opened += 1
-        try:
-            reader, writer = await asyncio.open_connection(
-                self.connect_to, self.port, ssl=self.ssl_context, server_hostname=self.host,
-                limit=READ_CHUNK,
-            )  # fmt: skip
-        except ssl.SSLError as exc:
-            raise RequestError("tls_error", f"TLS handshake with {self.host}: {exc}") from exc
-        except OSError as exc:
-            raise RequestError(
-                "connect_error", f"connect to {self.connect_to}:{self.port}: {exc}"
-            ) from exc
+        reader, writer = await connect(self.connect_to, self.port, self.host, self.ssl_context)
         ssl_object = writer.get_extra_info("ssl_object")
         if ssl_object is None or ssl_object.selected_alpn_protocol() != "h2":
             writer.transport.abort()
