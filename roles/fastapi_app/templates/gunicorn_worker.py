@@ -71,12 +71,11 @@ class Admission:
         self._waiting = 0  # requests waiting for their turn now
         self._queue_since = 0.0  # since when some have been (monotonic)
 
-    def refusal(self, scope):
+    def refusal(self, start):
         """Why this request is refused ("busy" or "late"), or None to run it. Only what the
         edge sends is bounded (it carries X-Request-Start): a health gate's or a monitoring
         probe's request on the app port is never refused for being one too many, so a busy
         host still tells "healthy" apart from "broken"."""
-        start = _request_start(scope.get("headers", ()))
         if start is None:
             return None
         if self.limit_concurrency > 0 and self.in_flight >= self.limit_concurrency:
@@ -103,11 +102,11 @@ class Admission:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        reason = self.refusal(scope)
+        start = _request_start(scope.get("headers", ()))
+        reason = self.refusal(start)
         if reason is not None:
             await self.refuse(send, reason)
             return
-        start = _request_start(scope.get("headers", ()))
         if start is None or self.max_running <= 0:  # not the edge's, or no turns to wait
             self.in_flight += 1
             try:
