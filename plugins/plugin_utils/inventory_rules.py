@@ -83,7 +83,7 @@ FORMS: tuple[Form, ...] = (
     Form("fastapi_app_limit_concurrency", "app", r"^[0-9]{1,6}$",
          "requests per worker, an integer >= 0 (0: no bound; e.g. 64)"),
     Form("fastapi_app_max_running", "app", r"^[0-9]{1,6}$",
-         "requests per worker, an integer >= 0 (0: no bound; e.g. 16)"),
+         "requests per worker, an integer >= 0 (0: no bound; e.g. 5)"),
     Form("fastapi_app_queue_timeout", "app", r"^[0-9]{1,5}(\.[0-9]+)?$",
          "seconds, a number >= 0 (0: until the deadline; e.g. 0.5)"),
     Form("fastapi_app_request_deadline", "app", r"^[0-9]{1,5}(\.[0-9]+)?$",

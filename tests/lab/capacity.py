@@ -165,8 +165,13 @@ OVERLOAD_LEAD_SECONDS = 5.0
 OVERLOAD_TAIL_SECONDS = 15.0
 #: During the spike at least this share of the capacity is served (2xx)...
 GOODPUT_SHARE = 0.8
-#: ...every other answer is a refusal (503 or 429) within this many seconds...
+#: ...every other answer is a refusal (503 or 429), 99 % of them within REFUSAL_SECONDS and
+#: none past REFUSAL_MAX_SECONDS (three quarters of the generator's 2 s client timeout: a
+#: refusal still reaches a client that waits). The workers' turn queue refuses a request
+#: 0.5 s after the edge sent it (fastapi_app_queue_timeout); on two cores at twice the
+#: capacity the event loops add a few hundred milliseconds to that...
 REFUSAL_SECONDS = 1.0
+REFUSAL_MAX_SECONDS = 1.5
 #: ...and after it, every second's p99 is back under P99_LIMIT within this many seconds.
 RECOVERY_SECONDS = 10.0
 
@@ -229,9 +234,12 @@ def overload_problems(figures: dict[str, Any], capacity: float) -> list[str]:
         )
     if figures["other_failures"]:
         problems.append(f"failures other than a fast refusal: {figures['other_failures']}")
+    p99 = figures["refusal_p99_ms"]
+    if p99 is not None and p99 > REFUSAL_SECONDS * 1000:
+        problems.append(f"the refusals' p99 was {p99} ms (> {REFUSAL_SECONDS:g} s)")
     slowest = figures["refusal_max_ms"]
-    if slowest is not None and slowest > REFUSAL_SECONDS * 1000:
-        problems.append(f"a refusal took {slowest} ms (> {REFUSAL_SECONDS:g} s)")
+    if slowest is not None and slowest > REFUSAL_MAX_SECONDS * 1000:
+        problems.append(f"a refusal took {slowest} ms (> {REFUSAL_MAX_SECONDS:g} s)")
     recovered = figures["recovered_after_s"]
     if recovered is None or recovered > RECOVERY_SECONDS:
         problems.append(
@@ -245,15 +253,20 @@ def overload_problems(figures: dict[str, Any], capacity: float) -> list[str]:
 
 def refusal_problems(result: LoadResult) -> list[str]:
     """Under more load than a moment can serve, the only failures allowed are fast refusals
-    (503 or 429 within REFUSAL_SECONDS): no timeout, no connection error, no 502 (empty: so)."""
+    (503 or 429, 99 % within REFUSAL_SECONDS, none past REFUSAL_MAX_SECONDS): no timeout, no
+    connection error, no 502 (empty: so)."""
     failed = result.failures()
     others = Counter(s.outcome for s in failed if s.status not in (429, 503))
-    slow = [s for s in failed if s.status in (429, 503) and s.latency > REFUSAL_SECONDS]
+    refusals = [s.latency for s in failed if s.status in (429, 503)]
+    slow = [latency for latency in refusals if latency > REFUSAL_MAX_SECONDS]
+    p99 = percentile(refusals, 99)
     problems = []
     if others:
         problems.append(f"failures other than a fast refusal: {dict(others)}")
     if slow:
-        problems.append(f"{len(slow)} refusals took over {REFUSAL_SECONDS:g} s")
+        problems.append(f"{len(slow)} refusals took over {REFUSAL_MAX_SECONDS:g} s")
+    if p99 is not None and p99 > REFUSAL_SECONDS:
+        problems.append(f"the refusals' p99 was {p99 * 1000:.0f} ms (> {REFUSAL_SECONDS:g} s)")
     if result.totals()["generator_behind"]:
         problems.append("the generator fell behind its timetable: it measured itself")
     return problems

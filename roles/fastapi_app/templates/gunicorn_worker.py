@@ -10,17 +10,21 @@
 #
 # 2. Bounded work (Admission): at most `limit_concurrency` requests are taken in by a worker,
 #    of which at most `max_running` run the app at once while the others wait their turn in
-#    order of arrival (more at once than the cores and the database can take only slows every
-#    one of them down); once the queue has not been empty for `queue_timeout` seconds, a new
-#    request waits at most that long (then it is refused: a queue that stands is overload,
-#    not a burst); a request that waited longer than `request_deadline` seconds since the
-#    edge received it (nginx's X-Request-Start: t=<epoch seconds>) is not run at all. The
-#    refused are answered with 503 and Retry-After, without calling the app. Offered more
-#    than it can serve, the service then serves about its capacity and refuses the rest fast,
-#    instead of queueing work for clients that have already given up. Lifespan and websocket
-#    events pass through untouched; a request without the header (the health gate's on the
-#    host, a monitoring probe's) is never refused, so a busy host still passes its gate. The
-#    gunicorn.conf.py template sets both bounds on the class.
+#    order of arrival (more at once than the cores and the database pool can take only slows
+#    every one of them down). A request waits for its turn until `queue_timeout` seconds
+#    after the edge sent it (nginx's X-Request-Start: t=<epoch seconds>), then it is refused:
+#    the worker is behind by more than that, which is overload, not a burst. The exception is
+#    what the edge sent before the worker took in its first request: that waited in the
+#    socket's backlog while the worker (re)started, the burst a restart held, and only its
+#    deadline bounds it. A request that waited longer than `request_deadline` seconds since
+#    the edge sent it
+#    t=<epoch seconds>) is not run at all. The refused are answered with 503 and Retry-After,
+#    without calling the app. Offered more than it can serve, the service then serves about
+#    its capacity and refuses the rest fast, instead of queueing work for clients that have
+#    already given up. Lifespan and websocket events pass through untouched; a request
+#    without the header (the health gate's on the host, a monitoring probe's) is never
+#    refused, so a busy host still passes its gate. The gunicorn.conf.py template sets the
+#    bounds on the class.
 import asyncio
 import sys
 import time
@@ -68,8 +72,7 @@ class Admission:
         self.queue_timeout = float(queue_timeout)
         self.in_flight = 0
         self._turns = None  # asyncio.Semaphore(max_running), made in the worker's loop
-        self._waiting = 0  # requests waiting for their turn now
-        self._queue_since = 0.0  # since when some have been (monotonic)
+        self._first = None  # when this worker took in its first request from the edge (epoch)
 
     def refusal(self, start):
         """Why this request is refused ("busy" or "late"), or None to run it. Only what the
@@ -117,19 +120,18 @@ class Admission:
         if self._turns is None:
             self._turns = asyncio.Semaphore(self.max_running)
         self.in_flight += 1
-        now = time.monotonic()
-        if self._waiting == 0:
-            self._queue_since = now
-        self._waiting += 1
         try:
             waits = {}  # the reason a wait that long ends in, by its length
+            now = time.time()
+            if self._first is None:
+                self._first = now
+            waited = now - start  # since the edge sent it
             if self.request_deadline > 0:
-                waits[max(0.0, self.request_deadline - (time.time() - start))] = "late"
-            # A queue that has not been empty for queue_timeout stands: overload, and a new
-            # request waits at most that long. A burst (every request a restart held, taken
-            # in at once) queues too, but briefly: its requests wait for their turn.
-            if self.queue_timeout > 0 and now - self._queue_since >= self.queue_timeout:
-                waits.setdefault(self.queue_timeout, "busy")
+                waits[max(0.0, self.request_deadline - waited)] = "late"
+            # Sent before this worker took in its first request: it waited in the backlog
+            # while the worker started (a restart's burst), not behind this worker's queue.
+            if self.queue_timeout > 0 and start >= self._first:
+                waits.setdefault(max(0.0, self.queue_timeout - waited), "busy")
             wait = min(waits) if waits else None
             try:
                 async with asyncio.timeout(wait):
@@ -137,8 +139,6 @@ class Admission:
             except TimeoutError:
                 await self.refuse(send, waits[wait])  # its turn did not come in time
                 return
-            finally:
-                self._waiting -= 1
             try:
                 await self.app(scope, receive, send)
             finally:
