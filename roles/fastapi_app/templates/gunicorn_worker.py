@@ -17,14 +17,16 @@
 #    what the edge sent before the worker took in its first request: that waited in the
 #    socket's backlog while the worker (re)started, the burst a restart held, and only its
 #    deadline bounds it. A request that waited longer than `request_deadline` seconds since
-#    the edge sent it
-#    t=<epoch seconds>) is not run at all. The refused are answered with 503 and Retry-After,
+#    the edge sent it is not run at all. The refused are answered with 503 and Retry-After,
 #    without calling the app. Offered more than it can serve, the service then serves about
 #    its capacity and refuses the rest fast, instead of queueing work for clients that have
 #    already given up. Lifespan and websocket events pass through untouched; a request
 #    without the header (the health gate's on the host, a monitoring probe's) is never
-#    refused, so a busy host still passes its gate. The gunicorn.conf.py template sets the
-#    bounds on the class.
+#    refused, so a busy host still passes its gate. Both times compare the edge's clock with
+#    the app host's: they must agree to well under queue_timeout (the base role runs time
+#    sync). A turn is held for the whole response: a streaming one (server-sent events, a
+#    long poll) holds it while it streams. The gunicorn.conf.py template sets the bounds on
+#    the class.
 import asyncio
 import sys
 import time

@@ -90,7 +90,7 @@ def direct(host: str, request_start: str | None) -> subprocess.CompletedProcess[
 
 
 def test_c_a_request_that_waited_past_its_deadline_is_refused_without_running() -> None:
-    """The workers refuse, with a fast 503 and Retry-After, a request the edge received longer
+    """The workers refuse, with a fast 503 and Retry-After, a request the edge sent on longer
     ago than fastapi_app_request_deadline: its client has gone. A fresh one is served."""
     host = next(iter(APP_HOSTS))
     fresh = direct(host, f"t={time.time():.3f}")
