@@ -166,12 +166,13 @@ OVERLOAD_TAIL_SECONDS = 15.0
 #: During the spike at least this share of the capacity is served (2xx)...
 GOODPUT_SHARE = 0.8
 #: ...every other answer is a refusal (503 or 429), 99 % of them within REFUSAL_SECONDS and
-#: none past REFUSAL_MAX_SECONDS (three quarters of the generator's 2 s client timeout: a
-#: refusal still reaches a client that waits). The workers' turn queue refuses a request
-#: 0.5 s after the edge sent it (fastapi_app_queue_timeout); on two cores at twice the
-#: capacity the event loops add a few hundred milliseconds to that...
-REFUSAL_SECONDS = 1.0
-REFUSAL_MAX_SECONDS = 1.5
+#: none past REFUSAL_MAX_SECONDS (the generator's 2 s client timeout: a refusal must reach a
+#: client that still waits). The workers' turn queue refuses a request 1 s after
+#: the edge sent it (fastapi_app_queue_timeout; 0.5 s refused requests a rollout's stalls
+#: held at 60 % of the capacity); on two cores at twice the capacity the event loops add a
+#: few hundred milliseconds to that...
+REFUSAL_SECONDS = 1.5
+REFUSAL_MAX_SECONDS = 2.0
 #: ...and after it, every second's p99 is back under P99_LIMIT within this many seconds.
 RECOVERY_SECONDS = 10.0
 
