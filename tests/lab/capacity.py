@@ -110,12 +110,19 @@ def judge(result: LoadResult, rate: float) -> Step:
 
 def step_test(run_step: Callable[[float, float], LoadResult]) -> Capacity:
     """Rates from START_RATE up by STEP_FACTOR until a step fails (then one step halfway back
-    between the last pass and the failure); ``run_step(rate, seconds)`` runs one step."""
+    between the last pass and the failure); ``run_step(rate, seconds)`` runs one step. The
+    first step that fails is run once more, and only a second failure ends the climb: one
+    stall of a second (a checkpoint, a timer, a neighbour on the VM) fails a step's p99, and
+    a capacity measured at 69/s just before the lab served 138/s without refusing one made
+    the overload test offer it no overload at all (CI, 2026-12-07)."""
     steps: list[Step] = []
-    rate, best, worst = START_RATE, 0.0, None
+    rate, best, worst, retried = START_RATE, 0.0, None, False
     while rate <= MAX_RATE:
         step = judge(run_step(rate, STEP_SECONDS), rate)
         steps.append(step)
+        if not step.passed and not retried:
+            retried = True
+            continue
         if not step.passed:
             worst = rate
             break

@@ -52,6 +52,25 @@ def test_the_step_test_finds_the_rate_where_p99_crosses_the_limit() -> None:
     assert capacity.rate(0.6) == int(capacity.capacity * 0.6)
 
 
+def test_a_step_that_fails_once_is_run_again_and_a_second_failure_ends_the_climb() -> None:
+    """One stall fails the 78/s step; run again, it passes and the climb goes on to the lab's
+    real limit (200). The control: a step that fails twice ends it (the retry is used once)."""
+    stalls = iter([True])
+    served = served_up_to(200)
+
+    def stalled_once(rate: float, seconds: float) -> LoadResult:
+        if rate == 78 and next(stalls, False):
+            return run([(seconds, rate, 0.9, 200, None)])
+        return served(rate, seconds)
+
+    capacity = step_test(stalled_once)
+    assert 170 <= capacity.capacity <= 200, capacity.summary()
+    assert [s.rate for s in capacity.steps].count(78) == 2, capacity.summary()
+    limited = step_test(served_up_to(77))
+    assert limited.capacity == 69, limited.summary()  # 78 twice over, then halfway back
+    assert [s.rate for s in limited.steps] == [60, 78, 78, 69], limited.summary()
+
+
 def test_a_step_fails_on_one_refusal_or_a_slow_p99() -> None:
     ok = run([(4, 100, 0.01, 200, None)])
     assert judge(ok, 100).passed

@@ -237,3 +237,35 @@ def test_a_request_waits_its_turn_until_queue_timeout_after_the_edge_sent_it(
         assert backlog.endswith(b"2"), backlog  # the app ran twice: B never reached it
     else:
         assert fresh.startswith(b"HTTP/1.1 200"), fresh
+
+
+@pytest.mark.parametrize(("behind_backlog", "refused"), [(True, False), (False, True)])
+def test_behind_a_restarts_backlog_queue_timeout_counts_from_when_the_backlog_had_its_turns(
+    tmp_path: Path, behind_backlog: bool, refused: bool
+) -> None:
+    """One running at a time, queue_timeout 0.5 s. A (1 s) is the worker's first request; at
+    0.1 s comes C (fast), sent before A was taken in (the backlog a restart held); at 0.2 s D
+    (fast), sent by the edge then. Both wait for A. C is ahead of D, so D's 0.5 s count from
+    when C got its turn (1 s): D is served at about 1 s, where a bound counted from when the
+    edge sent D refuses it at 0.7 s. The control: C sent after A was taken in (no backlog
+    ahead of D), D is refused "busy" at 0.7 s, 0.5 s after the edge sent it."""
+    with (
+        gunicorn(tmp_path, bounded(8, 0, 1, 0.5), SLOW_APP) as (_proc, port),
+        ThreadPoolExecutor(3) as pool,
+    ):
+        t0 = time.time()
+        a = pool.submit(get, port, "/slow")
+        time.sleep(0.1)
+        c_start = t0 - 1 if behind_backlog else time.time()
+        c = pool.submit(get, port, "/", {"X-Request-Start": f"t={c_start:.3f}"})
+        time.sleep(0.1)
+        d = pool.submit(get, port, "/", {"X-Request-Start": f"t={time.time():.3f}"})
+        (first, _t), (backlog, _t2), (fresh, took) = a.result(), c.result(), d.result()
+    assert first.startswith(b"HTTP/1.1 200"), first
+    if refused:  # C and D alike waited more than 0.5 s behind A
+        assert fresh.startswith(b"HTTP/1.1 503") and b"x-refused: busy" in fresh.lower(), fresh
+        assert 0.3 < took < 0.7, took
+    else:
+        assert backlog.startswith(b"HTTP/1.1 200"), backlog
+        assert fresh.startswith(b"HTTP/1.1 200"), fresh
+        assert 0.6 < took < 1.3, took

@@ -34,17 +34,24 @@ def test_a_twice_the_capacity_is_served_at_capacity_and_the_rest_refused_fast(
     """Measured again just before the spike: the same VM served 373 req/s in one hour and
     150 in another (every piece took 1.4x the CPU per request), so a capacity measured
     minutes earlier can be far from what the lab serves now."""
-    capacity = measure_capacity(pebble_roots, "capacity-before-overload")
-    profile = overload_profile(capacity.capacity)
-    result = edge_load(pebble_roots, profile=profile).run_in_thread()
-    figures = overload_figures(result, profile)
+    for attempt in (1, 2):
+        capacity = measure_capacity(pebble_roots, f"capacity-before-overload-{attempt}")
+        profile = overload_profile(capacity.capacity)
+        result = edge_load(pebble_roots, profile=profile).run_in_thread()
+        figures = overload_figures(result, profile)
+        print(f"\n{capacity.summary()}\noverload: {figures}\n{result.summary()}")
+        problems = overload_problems(figures, capacity.capacity)
+        if figures["refused"] or problems or attempt == 2:
+            break
+        # Served whole and well: the measurement came out low (a stall in one step), so this
+        # was no overload and proves nothing either way. Measured and offered once more.
+        print(f"nothing refused at {figures['spike_rate']}/s: measuring the capacity again")
     data = result.to_dict(include_samples=False)
     data["capacity"] = capacity.to_dict()
     data["overload"] = figures
+    data["attempts"] = attempt
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "overload.json").write_text(json.dumps(data) + "\n")
-    print(f"\n{capacity.summary()}\noverload: {figures}\n{result.summary()}")
-    problems = overload_problems(figures, capacity.capacity)
     assert not problems, f"{problems}\n{figures}"
     # The control: the spike really was more than the lab serves (something was refused).
     assert figures["refused"] > 0, f"nothing refused at {figures['spike_rate']}/s: no overload"
