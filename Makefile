@@ -14,8 +14,14 @@ STAMPS    := .lab/stamps
 APT_PACKAGES := podman runc netavark aardvark-dns iptables debootstrap uidmap python3-venv \
                 python3-dev openssh-client openssl git postgresql-15 postgresql-client-15 \
                 ca-certificates curl shellcheck
-# Molecule scenarios run by `make test`, in this order (each owns its containers and network).
-MOLECULE_SCENARIOS ?= base postgresql fastapi_app edge hardening cluster
+# Molecule scenarios run by `make test`: the lanes side by side (space between lanes, commas
+# within one; each scenario owns its containers and network, and one lane alone leaves a core
+# idle while Ansible waits on its hosts), then MOLECULE_LAST alone (the cluster's load tests
+# measure what the machine serves). `make test-molecule MOLECULE_SCENARIOS="edge cluster"`:
+# those alone, one after another.
+MOLECULE_LANES ?= fastapi_app base,postgresql,edge,hardening
+MOLECULE_LAST ?= cluster
+MOLECULE_SCENARIOS ?=
 # `make timings APPS=8`: after the two-host timings, scale the lab out to 8 app hosts and back.
 APPS ?= 2
 
@@ -113,13 +119,31 @@ sanity: setup  ## ansible-test sanity on the collection (pylint, validate-module
 test-app: setup  ## pytest: the service against a real PostgreSQL, the static security checks, the modules, the alert rules (promtool)
 	$(BIN)/pytest tests/app tests/security tests/roles tests/plugins tests/tools tests/monitoring tests/lab --ignore=tests/lab/cluster -q
 
-test-molecule: setup  ## molecule test for every scenario in MOLECULE_SCENARIOS
+test-molecule: setup  ## molecule test: MOLECULE_LANES side by side, then MOLECULE_LAST (or MOLECULE_SCENARIOS in order)
 	$(PYTHON) lab/lab.py image
-	for s in $(MOLECULE_SCENARIOS); do
-	  start=$$(date +%s)
-	  $(BIN)/molecule test -s $$s
-	  echo "molecule scenario $$s passed in $$(( $$(date +%s) - start )) s"
+	scenario() {
+	  local start=$$(date +%s)
+	  $(BIN)/molecule test -s "$$1" || return 1
+	  echo "molecule scenario $$1 passed in $$(( $$(date +%s) - start )) s"
+	}
+	lane() { local s; for s in $${1//,/ }; do scenario "$$s" || return 1; done; }
+	if [ -n "$(MOLECULE_SCENARIOS)" ]; then lane "$(MOLECULE_SCENARIOS)"; exit; fi
+	# The first lane writes here; each other one to its log, shown once it is done.
+	mkdir -p .lab/logs
+	pids=(); logs=(); main=
+	for l in $(MOLECULE_LANES); do
+	  if [ -z "$$main" ]; then main=$$l; continue; fi
+	  logs+=(".lab/logs/molecule-$${l//,/-}.log")
+	  lane "$$l" > "$${logs[-1]}" 2>&1 & pids+=($$!)
 	done
+	rc=0; lane "$$main" || rc=1
+	for i in "$${!pids[@]}"; do
+	  wait "$${pids[$$i]}" || rc=1
+	  echo "---- run beside it: $${logs[$$i]}"
+	  cat "$${logs[$$i]}"
+	done
+	[ $$rc = 0 ] || { echo "a molecule scenario failed (above)"; exit 1; }
+	lane "$(MOLECULE_LAST)"
 
 timings: lab  ## Time a facts-only play, a site.yml rerun and rolling upgrades on the lab; APPS=8: then scale out to 8 app hosts and back (.lab/results/timings.json)
 	$(BIN)/python -m tests.lab.timings --apps $(APPS)
