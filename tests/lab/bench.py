@@ -2,6 +2,7 @@
 baseline, on the converged lab, written to ``bench/results/<date>.json`` and a PNG timeline.
 
     python -m tests.lab.bench [--out-dir bench/results] [--fraction 0.75] [--overload-seconds 60]
+    python -m tests.lab.bench --table bench/results/<date>.json   # the README's table, in Markdown
 
 In order, on the machine it runs on:
 
@@ -255,12 +256,52 @@ def machine() -> dict[str, Any]:
             "summary": f"{cores} cores, {gib} GiB"}  # fmt: skip
 
 
+def table(data: dict[str, Any], source: str) -> str:
+    """The README's performance table (Markdown) from one record of the bench."""
+    capacity = data["capacity"]["capacity"]
+    o = data["overload"]
+    lines = [
+        f"`{source}`: {data['machine']['summary']}, {data['when'][:16].replace('T', ' ')} UTC, "
+        f"commit {data['commit']}; capacity **{capacity:g} req/s** (p99 <= "
+        f"{data['capacity']['p99_limit_ms']:g} ms).",
+        "",
+        "| run | offered | requests | failed | p99 | what failed |",
+        "|---|---|---|---|---|---|",
+        f"| overload ({o['spike_seconds']:g} s) | {o['spike_rate']:g}/s | {o['sent_in_spike']:,} "
+        f"| {o['refused']:,} refused (p99 {o['refusal_p99_ms']} ms), "
+        f"{sum(o['other_failures'].values()):,} other | served p99 {o['served_p99_ms']} ms "
+        f"| {o['goodput']:g}/s served; back after {o['recovered_after_s']} s |",
+    ]
+    for name, key in (("ours: rolling upgrade", "ours"), ("naive: restart, serial 1", "baseline")):
+        run = data[key]
+        t = run["totals"]
+        statuses = {
+            status: n for proto in run["protocols"].values()
+            for status, n in proto["by_status"].items() if not status.startswith("2")
+        }  # fmt: skip
+        errors = {
+            error: n for proto in run["protocols"].values()
+            for error, n in proto["by_error"].items()
+        }  # fmt: skip
+        what = ", ".join(f"{n:,} x {k}" for k, n in {**statuses, **errors}.items()) or "-"
+        lines.append(
+            f"| {name} ({run['seconds']:g} s, HTTP/1.1 + HTTP/2) | {run['rate']}/s "
+            f"({data['fraction']:.0%}) | {t['sent']:,} | {t['failed']:,} "
+            f"| {t['latency']['p99_ms']} ms | {what} |"
+        )
+    return "\n".join(lines)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n", maxsplit=1)[0])
     parser.add_argument("--out-dir", type=Path, default=ROOT / "bench/results")
     parser.add_argument("--fraction", type=float, default=0.75)
     parser.add_argument("--overload-seconds", type=float, default=60.0)
+    parser.add_argument("--table", type=Path, help="print the README's table of this record")
     args = parser.parse_args()
+    if args.table:
+        print(table(json.loads(args.table.read_text()), args.table.name))
+        return 0
     when = datetime.now(UTC)
     data: dict[str, Any] = {
         "when": when.isoformat(timespec="seconds"),

@@ -68,7 +68,23 @@ def test_a_step_that_fails_once_is_run_again_and_a_second_failure_ends_the_climb
     assert [s.rate for s in capacity.steps].count(78) == 2, capacity.summary()
     limited = step_test(served_up_to(77))
     assert limited.capacity == 69, limited.summary()  # 78 twice over, then halfway back
-    assert [s.rate for s in limited.steps] == [60, 78, 78, 69], limited.summary()
+    assert [s.rate for s in limited.steps] == [60, 78, 78, 69, 69], limited.summary()  # held
+
+
+def test_the_rate_found_must_hold_for_longer_or_the_next_lower_one_is_the_capacity() -> None:
+    """A lab that passes every 6 s step up to 200/s but sustains only 150/s over 18 s: the
+    capacity is the highest rate of the climb that holds (131/s), not the 6 s figure (the
+    control: a lab that sustains 200 measures 196)."""
+
+    def bursts_only(rate: float, seconds: float) -> LoadResult:
+        limit = 200 if seconds <= 6 else 150
+        return served_up_to(limit)(rate, seconds)
+
+    capacity = step_test(bursts_only)
+    assert capacity.capacity == 131, capacity.summary()
+    long_steps = [(s.rate, s.passed) for s in capacity.steps if s.sent > 10 * s.rate]
+    assert long_steps == [(196, False), (170, False)], capacity.summary()
+    assert step_test(served_up_to(200)).capacity == 196  # holds: the climb's figure stands
 
 
 def test_a_step_fails_on_one_refusal_or_a_slow_p99() -> None:

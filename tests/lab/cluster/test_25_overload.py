@@ -17,15 +17,25 @@ import subprocess
 import time
 from pathlib import Path
 
-from tests.lab.ansible_run import lab_exec
+import pytest
+
+from tests.lab.ansible_run import lab_exec, run_playbook
 from tests.lab.capacity import (
+    OVERLOAD_FACTOR,
+    Capacity,
     overload_figures,
     overload_problems,
     overload_profile,
+    refusal_problems,
 )
-from tests.lab.cluster.conftest import RESULTS, edge, measure_capacity
+from tests.lab.cluster.conftest import RESULTS, edge, edge_json, measure_capacity
+from tests.lab.cluster.test_20_rolling import NOTES, build, current_release, healthy_after
 from tests.lab.edge import edge_load
+from tests.lab.releases import make_release
 from tests.lab.topology import APP_HOSTS
+
+#: The capacity test_a measured just before its spike (test_d reuses it).
+MEASURED: dict[str, Capacity] = {}
 
 
 def test_a_twice_the_capacity_is_served_at_capacity_and_the_rest_refused_fast(
@@ -46,6 +56,7 @@ def test_a_twice_the_capacity_is_served_at_capacity_and_the_rest_refused_fast(
         # Served whole and well: the measurement came out low (a stall in one step), so this
         # was no overload and proves nothing either way. Measured and offered once more.
         print(f"nothing refused at {figures['spike_rate']}/s: measuring the capacity again")
+    MEASURED["capacity"] = capacity
     data = result.to_dict(include_samples=False)
     data["capacity"] = capacity.to_dict()
     data["overload"] = figures
@@ -108,3 +119,43 @@ def test_c_a_request_that_waited_past_its_deadline_is_refused_without_running() 
     assert "retry-after: 1" in head and "x-refused: late" in head, stale.stdout
     none = direct(host, None)  # no header (a probe on the host): no deadline
     assert none.stdout.startswith("HTTP/1.1 200"), none.stdout
+
+
+@pytest.mark.drill
+def test_d_a_rollout_under_twice_the_capacity_passes_its_gates_and_undrains(
+    pebble_roots: Path, tmp_path: Path
+) -> None:
+    """A rolling upgrade while the edge is offered twice what the lab serves: each host, busy
+    but healthy, passes its health gate (the gate's request carries no X-Request-Start, so no
+    worker refuses it), each undrain sees nginx use its host again although every server is
+    full, and the clients meet only fast refusals (no timeout, no 502) while one host carries
+    the load alone. Then rolled back to the release before, without load."""
+    capacity = MEASURED.get("capacity") or measure_capacity(pebble_roots, "capacity-drill")
+    before = current_release(next(iter(APP_HOSTS)))
+    release = build(make_release(tmp_path / "r", "base", "97.0.0"))
+    rate = max(2, round(capacity.capacity * OVERLOAD_FACTOR))
+    with edge_load(pebble_roots, rate=rate) as gen:
+        gen.wait_for(rate * 3, timeout=30)
+        run = run_playbook("rolling_upgrade.yml", extra=release)
+        time.sleep(3)
+        result = gen.stop()
+    assert result is not None
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    result.write_json(RESULTS / "rollout-under-overload.json")
+    print(f"\nrollout {run.seconds:.1f} s at {rate}/s (capacity {capacity.capacity:g}); "
+          f"restart-to-healthy per host: {healthy_after(run)}\n{result.summary()}")  # fmt: skip
+    try:
+        assert run.rc == 0, run.tail()
+        new = str(release["fastapi_app_release"])
+        assert all(current_release(host) == new for host in APP_HOSTS)
+        assert edge_json("/health", pebble_roots)["release"] == new
+        problems = refusal_problems(result)
+        assert not problems, f"{problems}\n{result.summary()}"
+        totals = result.totals()
+        # The control: this was overload (something refused), and the lab still served.
+        assert totals["failed"] > 0, f"nothing refused at {rate}/s: no overload"
+        assert totals["ok"] >= 0.5 * capacity.capacity * result.duration, result.summary()
+    finally:
+        back = run_playbook("rollback.yml", extra=NOTES)
+        assert back.rc == 0, back.tail()
+        assert all(current_release(host) == before for host in APP_HOSTS)
