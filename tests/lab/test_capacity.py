@@ -87,6 +87,16 @@ def test_the_rate_found_must_hold_for_longer_or_the_next_lower_one_is_the_capaci
     assert step_test(served_up_to(200)).capacity == 196  # holds: the climb's figure stands
 
 
+def test_measured_again_the_climb_starts_from_where_it_is_told_or_from_the_bottom() -> None:
+    """A second measurement starts from half the first (fewer steps); a lab that has slowed
+    below that start is measured again from START_RATE (the control: not capacity 0)."""
+    again = step_test(served_up_to(400), start=200)
+    assert again.steps[0].rate == 200 and 370 <= again.capacity <= 400, again.summary()
+    slower = step_test(served_up_to(150), start=200)
+    assert 120 <= slower.capacity <= 150, slower.summary()
+    assert [s.rate for s in slower.steps][:3] == [200, 200, 60], slower.summary()
+
+
 def test_a_step_fails_on_one_refusal_or_a_slow_p99() -> None:
     ok = run([(4, 100, 0.01, 200, None)])
     assert judge(ok, 100).passed
