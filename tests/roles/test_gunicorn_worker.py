@@ -215,8 +215,8 @@ def test_a_request_waits_its_turn_until_queue_timeout_after_the_edge_sent_it(
     """One running at a time, queue_timeout 0.5 s. A (1 s) is the worker's first request; B
     comes at 0.3 s, sent by the edge 0.2 s earlier (it met a busy event loop on its way): its
     turn would come at 1 s, so it is refused "busy" when 0.5 s have passed since the edge sent
-    it, about 0.3 s after it came, without running the app. C comes at the same moment but
-    was sent before the worker took in its first request (it waited in the socket's backlog
+    it, about 0.3 s after it came, without running the app. C comes 0.1 s later but was
+    sent before the worker took in its first request (it waited in the socket's backlog
     while the worker restarted: a burst, not overload): it waits its turn and is served after
     A. With no queue_timeout (the control) B is served too."""
     with (
@@ -226,6 +226,9 @@ def test_a_request_waits_its_turn_until_queue_timeout_after_the_edge_sent_it(
         a = pool.submit(get, port, "/slow")
         time.sleep(0.3)
         b = pool.submit(get, port, "/slow", {"X-Request-Start": f"t={time.time() - 0.2:.3f}"})
+        # C after B is in (were C taken in first, B would wait behind a backlog request, and
+        # its 0.5 s would count from when C got its turn: the test below).
+        time.sleep(0.1)
         old = {"X-Request-Start": f"t={time.time() - 1:.3f}"}
         c = pool.submit(get, port, "/slow", old)
         (first, _t), (fresh, took), (backlog, _t2) = a.result(), b.result(), c.result()
