@@ -22,20 +22,16 @@ import pytest
 from tests.lab.ansible_run import lab_exec, run_playbook
 from tests.lab.capacity import (
     OVERLOAD_FACTOR,
-    Capacity,
     overload_figures,
     overload_problems,
     overload_profile,
     refusal_problems,
 )
-from tests.lab.cluster.conftest import RESULTS, edge, edge_json, measure_capacity
+from tests.lab.cluster.conftest import LATEST, RESULTS, edge, edge_json, measure_capacity
 from tests.lab.cluster.test_20_rolling import NOTES, build, current_release, healthy_after
 from tests.lab.edge import edge_load
 from tests.lab.releases import make_release
 from tests.lab.topology import APP_HOSTS
-
-#: The capacity test_a measured just before its spike (test_d reuses it).
-MEASURED: dict[str, Capacity] = {}
 
 
 def test_a_twice_the_capacity_is_served_at_capacity_and_the_rest_refused_fast(
@@ -56,7 +52,6 @@ def test_a_twice_the_capacity_is_served_at_capacity_and_the_rest_refused_fast(
         # Served whole and well: the measurement came out low (a stall in one step), so this
         # was no overload and proves nothing either way. Measured and offered once more.
         print(f"nothing refused at {figures['spike_rate']}/s: measuring the capacity again")
-    MEASURED["capacity"] = capacity
     data = result.to_dict(include_samples=False)
     data["capacity"] = capacity.to_dict()
     data["overload"] = figures
@@ -130,7 +125,8 @@ def test_d_a_rollout_under_twice_the_capacity_passes_its_gates_and_undrains(
     worker refuses it), each undrain sees nginx use its host again although every server is
     full, and the clients meet only fast refusals (no timeout, no 502) while one host carries
     the load alone. Then rolled back to the release before, without load."""
-    capacity = MEASURED.get("capacity") or measure_capacity(pebble_roots, "capacity-drill")
+    latest = LATEST.get("capacity")  # test_a's, measured just before its spike
+    capacity = latest[0] if latest else measure_capacity(pebble_roots, "capacity-drill")
     before = current_release(next(iter(APP_HOSTS)))
     release = build(make_release(tmp_path / "r", "base", "97.0.0"))
     rate = max(2, round(capacity.capacity * OVERLOAD_FACTOR))
